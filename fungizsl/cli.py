@@ -1,0 +1,41 @@
+"""The `fungizsl` command line: one sub-command per capability.
+
+Each sub-command lives in the module that implements it, which exposes `register_cli(subparsers)`;
+modules are imported only when their command is asked for, so `fungizsl --help` stays fast.
+"""
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> module exposing register_cli(subparsers), which sets `func` on its parser.
+COMMANDS = {
+    "render": "fungizsl.data.synthetic",
+    "captions": "fungizsl.data.llm_captions",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fungizsl", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            subparsers.add_parser(name, help=f"(see `fungizsl {name} --help`)")
+            continue
+        importlib.import_module(module_name).register_cli(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(only=command) if command else build_parser(only="")
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
