@@ -1,0 +1,193 @@
+"""Transformer building blocks shared by every tower (CLIP ViT and text, DINOv2, BERT).
+
+One `EncoderBlock` covers the three upstream block layouts:
+
+* CLIP (Radford et al. 2021): pre-norm, QuickGELU MLP.
+* DINOv2 (Oquab et al. 2023): pre-norm, GELU or SwiGLU MLP, LayerScale on both branches.
+* BERT (Devlin et al. 2019): post-norm, GELU MLP.
+
+Sub-module names are our own canonical ones (`attn/{query,key,value,out}`, `norm1`, `norm2`,
+`mlp/...`, `layer_scale1`); `fungizsl.weights` maps them to each checkpoint's names with a short
+table per model. Parameters are kept in `param_dtype` (fp32) while matmuls run in `dtype`
+(bf16 on accelerators); softmax and layer norms are computed in fp32.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI CLIP's sigmoid approximation of GELU."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "quick_gelu": quick_gelu,
+    "gelu": exact_gelu,
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def layer_norm(epsilon: float, name: str, param_dtype: Dtype = jnp.float32) -> nn.Module:
+    # A plain nn.LayerNorm keeps the parameter path short (`norm1/scale`); computing in fp32
+    # matches PyTorch, which upcasts inside its fused kernel.
+    return nn.LayerNorm(epsilon=epsilon, dtype=jnp.float32, param_dtype=param_dtype, name=name)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate query/key/value projections, as in all three
+    upstream checkpoints (so weights load without splitting a fused qkv matrix)."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+        head_dim = width // self.num_heads
+        dense = lambda name: nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head_dim))
+        q, k, v = (split(dense(n)(x)) for n in ("query", "key", "value"))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        logits = logits * (head_dim ** -0.5)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape[:-1] + (width,))
+        return dense("out")(out)
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP (`fc1` -> activation -> `fc2`)."""
+
+    hidden_dim: int
+    act: str
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        h = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
+        h = activation(self.act)(h)
+        return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(h)
+
+
+class SwiGluMlp(nn.Module):
+    """SwiGLU feed-forward of DINOv2 ViT-g: out(silu(gate) * up), where gate and up are the two
+    halves of one fused `weights_in` projection, as the checkpoints store them."""
+
+    hidden_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dense = lambda n, f: nn.Dense(f, dtype=self.dtype, param_dtype=self.param_dtype, name=n)
+        gate, up = jnp.split(dense("weights_in", 2 * self.hidden_dim)(x), 2, axis=-1)
+        return dense("weights_out", x.shape[-1])(jax.nn.silu(gate) * up)
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual-branch scale (CaiT / DINOv2); the parameter is named as upstream."""
+
+    init_value: float = 1.0
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        lambda1 = self.param("lambda1", nn.initializers.constant(self.init_value), (x.shape[-1],),
+                             self.param_dtype)
+        return x * lambda1.astype(x.dtype)
+
+
+class EncoderBlock(nn.Module):
+    """One transformer block; `pre_norm=False` gives BERT's post-norm layout."""
+
+    num_heads: int
+    mlp_dim: int
+    mlp_act: str  # an ACTIVATIONS name, or "swiglu"
+    layer_norm_eps: float
+    pre_norm: bool = True
+    layer_scale_init: float | None = None  # None: no LayerScale (CLIP, BERT)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        attn = SelfAttention(self.num_heads, name="attn", **kw)
+        if self.mlp_act == "swiglu":
+            mlp = SwiGluMlp(self.mlp_dim, name="mlp", **kw)
+        else:
+            mlp = Mlp(self.mlp_dim, self.mlp_act, name="mlp", **kw)
+        norm1 = layer_norm(self.layer_norm_eps, "norm1", self.param_dtype)
+        norm2 = layer_norm(self.layer_norm_eps, "norm2", self.param_dtype)
+
+        def scaled(branch_out, name):
+            if self.layer_scale_init is None:
+                return branch_out
+            return LayerScale(self.layer_scale_init, self.param_dtype, name=name)(branch_out)
+
+        if self.pre_norm:
+            x = x + scaled(attn(norm1(x).astype(self.dtype), mask), "layer_scale1")
+            x = x + scaled(mlp(norm2(x).astype(self.dtype)), "layer_scale2")
+            return x
+        x = norm1(x + attn(x, mask)).astype(self.dtype)
+        return norm2(x + mlp(x)).astype(self.dtype)
+
+
+class _ScannedBlock(EncoderBlock):
+    """EncoderBlock with the (carry, x) -> (carry, y) signature nn.scan wants."""
+
+    @nn.compact
+    def __call__(self, x, mask):  # type: ignore[override]
+        return super().__call__(x, mask), None
+
+
+class Encoder(nn.Module):
+    """A stack of `num_layers` EncoderBlocks.
+
+    `scan=True` stacks the layers' parameters along a leading axis under `layers/` (one compiled
+    block body: faster compiles for 24- and 40-layer models); otherwise they are `layers_0`,
+    `layers_1`, ... `fungizsl.weights` converts between the two layouts. `remat=True` recomputes
+    each block's activations in the backward pass to save memory.
+    """
+
+    num_layers: int
+    block: dict  # EncoderBlock keyword arguments
+    scan: bool = False
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        if self.scan:
+            block_cls = nn.remat(_ScannedBlock) if self.remat else _ScannedBlock
+            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=nn.broadcast, length=self.num_layers)
+            x, _ = stack(**self.block, name="layers")(x, mask)
+            return x
+        block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+        for i in range(self.num_layers):
+            x = block_cls(**self.block, name=f"layers_{i}")(x, mask)
+        return x
