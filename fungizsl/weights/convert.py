@@ -172,7 +172,7 @@ def hf_to_flax(tensors: dict[str, np.ndarray], expected: dict, spec: ModelSpec, 
 
 def flax_to_hf(params: dict, spec: ModelSpec) -> dict[str, np.ndarray]:
     flat = traverse_util.flatten_dict(unstack_layers(jax.device_get(params)))
-    return {to_hf_key(path, spec): np.ascontiguousarray(flax_to_torch(path[-1], np.asarray(v, np.float32)))
+    return {to_hf_key(path, spec): np.array(flax_to_torch(path[-1], np.asarray(v, np.float32)), order="C")
             for path, v in flat.items()}
 
 

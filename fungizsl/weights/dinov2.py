@@ -30,6 +30,12 @@ def config_from_hf(hf: dict, dtype: str = "float32", scan: bool = False, remat: 
         layer_scale_init=hf.get("layerscale_value", 1.0), dtype=dtype, scan=scan, remat=remat, **mlp)
 
 
+def _ratio(mlp_dim: int, width: int):
+    # transformers validates mlp_ratio as an int when it is one (4, not 4.0).
+    ratio = mlp_dim / width
+    return int(ratio) if ratio.is_integer() else ratio
+
+
 def config_to_hf(cfg: vit.ViTConfig) -> dict:
     registers = cfg.num_registers > 0
     swiglu = cfg.mlp_act == "swiglu"
@@ -37,7 +43,7 @@ def config_to_hf(cfg: vit.ViTConfig) -> dict:
         architectures=["Dinov2WithRegistersModel" if registers else "Dinov2Model"],
         model_type="dinov2_with_registers" if registers else "dinov2",
         hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
-        mlp_ratio=4 if swiglu else cfg.mlp_dim / cfg.width, hidden_act="gelu" if swiglu else cfg.mlp_act,
+        mlp_ratio=4 if swiglu else _ratio(cfg.mlp_dim, cfg.width), hidden_act="gelu" if swiglu else cfg.mlp_act,
         use_swiglu_ffn=swiglu, image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=3,
         layer_norm_eps=cfg.layer_norm_eps, layerscale_value=cfg.layer_scale_init, qkv_bias=True)
     if registers:

@@ -1,0 +1,79 @@
+"""Device meshes and batch placement for jit-compiled steps (data parallel, optional FSDP).
+
+We use `jax.jit` over a `Mesh` with `NamedSharding` rather than `pmap`: the same code runs on
+one CPU, one accelerator host, or many hosts after `jax.distributed.initialize()`. The mesh has
+a `data` axis (batch) and an `fsdp` axis (parameter sharding for L/14 and larger); the batch is
+split over both.
+"""
+
+import re
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "fsdp") mesh over all devices; -1 on `data` takes the devices left over."""
+    devices = list(jax.devices() if devices is None else devices)
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(f"mesh.fsdp={fsdp} must divide the {len(devices)} devices")
+    if data == -1:
+        data = len(devices) // fsdp
+    if data * fsdp != len(devices):
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} does not equal the {len(devices)} devices")
+    grid = np.asarray(devices).reshape(data, fsdp)
+    return Mesh(grid, BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over every mesh axis; other axes replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def shard_batch(batch, mesh: Mesh):
+    """Places a host-local batch on the mesh. On several hosts each process passes its own slice
+    and the global array is assembled without gathering it anywhere."""
+    sharding = batch_sharding(mesh)
+
+    def place(x):
+        x = np.asarray(x)
+        if x.shape[0] * jax.process_count() % mesh.size:
+            raise ValueError(f"global batch {x.shape[0] * jax.process_count()} is not divisible by "
+                             f"the {mesh.size} devices of the mesh")
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(place, batch)
+
+
+def fsdp_sharding(params, mesh: Mesh, rules: Sequence[tuple[str, str]] = ((r".*", "fsdp"),),
+                  min_size: int = 2 ** 18):
+    """NamedShardings for a param tree: a leaf whose '/'-joined path matches a rule's regex is
+    split over that mesh axis along its largest divisible dimension; small leaves and leaves
+    with no divisible dimension stay replicated."""
+    axis_size = dict(zip(mesh.axis_names, mesh.devices.shape))
+
+    def spec_for(path, leaf):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        shape = leaf.shape
+        for pattern, axis in rules:
+            if not re.fullmatch(pattern, name):
+                continue
+            if axis is None or int(np.prod(shape)) < min_size:
+                break
+            for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+                if shape[dim] % axis_size[axis] == 0:
+                    spec = [None] * len(shape)
+                    spec[dim] = axis
+                    return NamedSharding(mesh, P(*spec))
+            break
+        return NamedSharding(mesh, P())
+
+    return jax.tree_util.tree_map_with_path(spec_for, params)
