@@ -1,0 +1,22 @@
+"""Config argument parsing: typed values and errors that name the key."""
+
+import pytest
+
+from configs.common import parse_arg
+
+
+def test_parse_arg_types_and_flags():
+    arg = parse_arg("arch=b16,runlocal,steps=50,lr=3e-4", arch="b32", runlocal=False, steps=10, lr=1e-3)
+    assert (arg.arch, arg.runlocal, arg.steps, arg.lr) == ("b16", True, 50, 3e-4)
+    assert parse_arg("", arch="b32").arch == "b32"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("arh=b16", "unknown config argument 'arh'"),
+    ("steps=many", "config argument 'steps'"),
+    ("steps", "needs a value"),
+    ("runlocal=maybe", "expected a boolean"),
+])
+def test_parse_arg_errors_name_the_key(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_arg(text, arch="b32", runlocal=False, steps=10)
