@@ -1,0 +1,190 @@
+"""Contrastive losses for fine-tuning CLIP on fungal growth stages.
+
+FungalZSL (Rani, Arroyo, Durdevic 2025, "FungalZSL: Zero-Shot Fungal Classification with Image
+Captioning Using a Synthetic Data Approach") fine-tunes CLIP (Radford et al. 2021,
+https://arxiv.org/abs/2103.00020) with the symmetric cross-modal contrastive loss
+`L_total = L_image + L_text`: a cross-entropy over the image->text similarity logits with the
+paired caption as target, plus the same over text->image.
+
+* `clip_loss` is that loss on L2-normalised embeddings. Called under `jax.jit` with the batch
+  sharded over a mesh, `zimg @ ztxt.T` is the similarity matrix of the *global* batch: every
+  device's embeddings are negatives for every other device's, and XLA inserts the all-gathers.
+* `clip_loss_sharded(mesh)` computes the same value with the collective written out
+  (`jax.shard_map` + `all_gather` over the batch axes): each device scores its own rows against
+  the gathered embeddings of the whole batch, and the per-row losses are summed with `psum`.
+* `class_aware_clip_loss` is a variant for FungalZSL's setting, where captions describe a
+  *class* (a growth stage), not one image: two items of the same class are not pushed apart;
+  every same-class item is a positive with equal share of a soft target. With all labels
+  distinct it is exactly `clip_loss`.
+
+`scale` is the multiplier of the cosine similarities, i.e. `exp(logit_scale) = 1 / temperature`
+(what `ClipModel.temperature_scale()` returns). Everything is computed in float32.
+
+The two directions are averaged by default (`combine="mean"`, CLIP's and open_clip's
+convention); `combine="sum"` is the paper's `L_image + L_text`, twice as large with the same
+minimiser.
+"""
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")  # as in fungizsl.train.sharding; the batch is split over both
+
+LossOutput = tuple[jax.Array, dict[str, jax.Array]]
+
+
+def _soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-row cross-entropy -sum_j t_ij log softmax(logits)_ij; targets rows sum to 1."""
+    return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+def _diagonal_targets(rows: int, cols: int, offset: jax.Array | int = 0) -> jax.Array:
+    """One-hot rows: row r's positive is column offset + r."""
+    return jax.nn.one_hot(jnp.arange(rows) + offset, cols, dtype=jnp.float32)
+
+
+def _same_class_targets(row_labels: jax.Array, col_labels: jax.Array) -> jax.Array:
+    """Row-normalised indicator of equal labels: each same-class column gets an equal share."""
+    same = (row_labels[:, None] == col_labels[None, :]).astype(jnp.float32)
+    return same / jnp.sum(same, axis=-1, keepdims=True)
+
+
+def _row_losses(zimg_rows, ztxt_rows, zimg_all, ztxt_all, scale, targets_rows):
+    """Per-row image->text and text->image losses and top-1 hits for a block of rows.
+
+    `targets_rows[r, j]` is the target weight of column j for row r; the relation is symmetric
+    (pairs i<->i, or same class), so one block serves both directions.
+    """
+    scale = jnp.asarray(scale, jnp.float32)
+    logits_i2t = scale * zimg_rows.astype(jnp.float32) @ ztxt_all.astype(jnp.float32).T
+    logits_t2i = scale * ztxt_rows.astype(jnp.float32) @ zimg_all.astype(jnp.float32).T
+    l_image = _soft_cross_entropy(logits_i2t, targets_rows)
+    l_text = _soft_cross_entropy(logits_t2i, targets_rows)
+    # A row is "correct" when its best-scoring column is a positive (ties: lowest index).
+    hit_i2t = jnp.take_along_axis(targets_rows, jnp.argmax(logits_i2t, -1)[:, None], -1)[:, 0] > 0
+    hit_t2i = jnp.take_along_axis(targets_rows, jnp.argmax(logits_t2i, -1)[:, None], -1)[:, 0] > 0
+    return l_image, l_text, hit_i2t.astype(jnp.float32), hit_t2i.astype(jnp.float32)
+
+
+def _combine(l_image, l_text, hit_i2t, hit_t2i, combine: str) -> LossOutput:
+    if combine == "mean":
+        loss = 0.5 * (l_image + l_text)
+    elif combine == "sum":
+        loss = l_image + l_text
+    else:
+        raise ValueError(f"combine must be 'mean' or 'sum', got {combine!r}")
+    metrics = {"loss": loss, "l_image": l_image, "l_text": l_text,
+               "i2t_top1": hit_i2t, "t2i_top1": hit_t2i}
+    return loss, metrics
+
+
+def _check(zimg, ztxt, labels=None):
+    if zimg.ndim != 2 or zimg.shape != ztxt.shape:
+        raise ValueError(f"zimg and ztxt must both be [batch, dim] and paired row by row; got "
+                         f"{zimg.shape} and {ztxt.shape}")
+    if labels is not None and labels.shape != zimg.shape[:1]:
+        raise ValueError(f"labels must be [batch]={zimg.shape[:1]}, got {labels.shape}")
+
+
+def clip_loss(zimg: jax.Array, ztxt: jax.Array, scale: jax.Array | float,
+              combine: str = "mean") -> LossOutput:
+    """Symmetric InfoNCE of CLIP over the (global) batch.
+
+    Args:
+      zimg: [B, D] L2-normalised image embeddings; row i is paired with ztxt row i.
+      ztxt: [B, D] L2-normalised text embeddings.
+      scale: scalar multiplier of the cosine similarities, exp(logit_scale) = 1/temperature.
+      combine: "mean" -> (L_image + L_text) / 2 (CLIP); "sum" -> L_image + L_text (FungalZSL).
+
+    Returns:
+      (loss, metrics): scalar float32 loss and a dict of scalars: loss, l_image (image->text
+      cross-entropy), l_text (text->image), i2t_top1 / t2i_top1 (in-batch top-1 accuracy).
+    """
+    _check(zimg, ztxt)
+    batch = zimg.shape[0]
+    targets = _diagonal_targets(batch, batch)
+    parts = _row_losses(zimg, ztxt, zimg, ztxt, scale, targets)
+    return _combine(*(jnp.mean(p) for p in parts), combine)
+
+
+def class_aware_clip_loss(zimg: jax.Array, ztxt: jax.Array, scale: jax.Array | float,
+                          labels: jax.Array, combine: str = "mean") -> LossOutput:
+    """CLIP loss in which same-class items are positives, not negatives (multi-positive).
+
+    For image i the target over texts is uniform over {j : labels[j] == labels[i]} (which
+    includes i), and likewise for text->image. This suits FungalZSL, whose captions describe a
+    growth stage rather than one image: a batch holding two "hyphae" images and their captions
+    would otherwise push each image away from a correct description. With all labels distinct the
+    targets are the identity and the value equals `clip_loss`. Being a soft-target
+    cross-entropy, its minimum is the targets' entropy (log of the class count per row), not 0.
+
+    Args:
+      labels: [B] integer class ids of the pairs (image i and text i share labels[i]).
+      Other arguments and the return value as in `clip_loss`.
+    """
+    labels = jnp.asarray(labels)
+    _check(zimg, ztxt, labels)
+    targets = _same_class_targets(labels, labels)
+    parts = _row_losses(zimg, ztxt, zimg, ztxt, scale, targets)
+    return _combine(*(jnp.mean(p) for p in parts), combine)
+
+
+def contrastive_loss(zimg, ztxt, scale, labels=None, class_aware: bool = False,
+                     combine: str = "mean") -> LossOutput:
+    """The trainer's switch: `class_aware=False` -> `clip_loss`; True -> `class_aware_clip_loss`."""
+    if class_aware:
+        if labels is None:
+            raise ValueError("class_aware=True needs the batch's class labels")
+        return class_aware_clip_loss(zimg, ztxt, scale, labels, combine)
+    return clip_loss(zimg, ztxt, scale, combine)
+
+
+def clip_loss_sharded(mesh: Mesh, class_aware: bool = False, combine: str = "mean",
+                      batch_axes: Sequence[str] = BATCH_AXES) -> Callable[..., LossOutput]:
+    """`clip_loss` (or the class-aware variant) with the cross-device collective explicit.
+
+    Returns `loss_fn(zimg, ztxt, scale[, labels]) -> (loss, metrics)` for batch-sharded global
+    arrays (leading axis split over `batch_axes`, as `fungizsl.train.sharding.shard_batch`
+    places them); call it under `jax.jit`. Inside `jax.shard_map` every device all-gathers the
+    image and text embeddings (and labels) of the whole batch, scores its own B/n rows against
+    all B columns in both directions, and the per-row sums are `psum`-ed over the mesh. The
+    value, and the gradients (all_gather transposes to a reduce-scatter), equal `clip_loss` on
+    the unsharded batch.
+    """
+    axes = tuple(a for a in batch_axes if a in mesh.axis_names)
+    if not axes:
+        raise ValueError(f"mesh axes {mesh.axis_names} contain none of the batch axes {batch_axes}")
+    row_spec = P(axes)
+
+    def per_device(zimg, ztxt, scale, labels):
+        rows = zimg.shape[0]
+        zimg_all = jax.lax.all_gather(zimg, axes, tiled=True)
+        ztxt_all = jax.lax.all_gather(ztxt, axes, tiled=True)
+        global_batch = zimg_all.shape[0]
+        if class_aware:
+            labels_all = jax.lax.all_gather(labels, axes, tiled=True)
+            targets = _same_class_targets(labels, labels_all)
+        else:
+            # all_gather over a tuple of axes concatenates the shards in the same row-major
+            # order that axis_index over that tuple counts in, and that P(axes) places them in.
+            offset = jax.lax.axis_index(axes) * rows
+            targets = _diagonal_targets(rows, global_batch, offset)
+        parts = _row_losses(zimg, ztxt, zimg_all, ztxt_all, scale, targets)
+        means = [jax.lax.psum(jnp.sum(p), axes) / global_batch for p in parts]
+        return _combine(*means, combine)
+
+    mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(row_spec, row_spec, P(), row_spec),
+                           out_specs=(P(), P()))
+
+    def loss_fn(zimg, ztxt, scale, labels=None):
+        _check(zimg, ztxt, labels)
+        if class_aware and labels is None:
+            raise ValueError("class_aware=True needs the batch's class labels")
+        if labels is None:
+            labels = jnp.zeros(zimg.shape[:1], jnp.int32)  # unused placeholder, sharded like rows
+        return mapped(zimg, ztxt, jnp.asarray(scale, jnp.float32), labels)
+
+    return loss_fn
