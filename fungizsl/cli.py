@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "render": "fungizsl.data.synthetic",
     "captions": "fungizsl.data.llm_captions",
+    "build": "fungizsl.data.builders",
 }
 
 
