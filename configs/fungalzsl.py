@@ -1,0 +1,105 @@
+"""FungalZSL: CLIP fine-tuned with L_image + L_text on synthetic growth-stage images and LLM captions.
+
+Rani, Arroyo, Durdevic (2025), "FungalZSL: Zero-Shot Fungal Classification with Image Captioning
+Using a Synthetic Data Approach". Examples:
+
+    python -m fungizsl.main --config=configs/fungalzsl.py:arch=tiny,runlocal --workdir=/tmp/zsl
+    python -m fungizsl.main --config=configs/fungalzsl.py:arch=l14_336,init=/ckpt/clip-vit-large-patch14-336 \\
+        --workdir=gs://bucket/zsl-l14-336 --config.total_steps=3000
+
+Arguments after the colon:
+  arch      tiny | b32 | b16 | l14 | l14_336
+  init      scratch | <Hugging Face CLIP folder> | <fungizsl workdir or checkpoint step folder>
+  captions  fungalzsl_split | fungalzsl_generated | templates | <path to a JSONL of {"class","text"}>
+  preset    realistic (the honest default) | paper (colour tied to the stage, as in the paper)
+  data_dir  folder with the FungalZSL caption files (default ../shared/data/fungalzsl if present)
+  runlocal  small, CPU-sized run (the README's ./launch/local.sh)
+"""
+
+import math
+import os
+
+import ml_collections
+
+from configs.common import parse_arg
+
+ARCHS = ("tiny", "b32", "b16", "l14", "l14_336")
+IMAGE_SIZE = {"tiny": 64, "b32": 224, "b16": 224, "l14": 224, "l14_336": 336}
+_SHARED_CAPTIONS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fungalzsl")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = parse_arg(arg, arch="b32", init="scratch", captions="fungalzsl_split", preset="realistic",
+                    data_dir="", runlocal=False)
+    if arg.arch not in ARCHS:
+        raise ValueError(f"config argument 'arch' must be one of {ARCHS}, got {arg.arch!r}")
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.model = ml_collections.ConfigDict()
+    config.model.arch = arg.arch
+    config.model.init = arg.init  # "scratch", a Hugging Face folder, or a fungizsl checkpoint
+    config.model.dtype = "float32" if arg.runlocal else "bfloat16"
+    config.model.scan = arg.arch in ("l14", "l14_336")
+    config.model.remat = arg.arch in ("l14", "l14_336")
+    config.model.text_context = 77
+    config.model.vocab_size = 4096  # of the BPE trained on the captions when init=scratch
+
+    config.data = ml_collections.ConfigDict()
+    config.data.kind = "rendered"  # "rendered" (on the fly) | "tfds" (fungal_growth_stages shards)
+    config.data.tfds_dir = ""  # with kind="tfds": the TFDS data_dir holding fungal_growth_stages
+    config.data.tfds_config = ""
+    config.data.preset = arg.preset
+    config.data.overlap = 0.3  # hyphae/mycelium morphology overlap of the renderer (paper's hard pair)
+    config.data.image_size = IMAGE_SIZE[arg.arch]
+    config.data.stages = ("spore", "hyphae", "mycelium")
+    config.data.per_class = ml_collections.ConfigDict(dict(train=1600, val=200, test=200))  # the paper's split
+    config.data.augment = "microscopy"
+    config.data.worker_count = 0
+    config.data.captions = arg.captions
+    config.data.captions_dir = arg.data_dir or os.path.normpath(_SHARED_CAPTIONS)
+    config.data.strip_prompt = True  # the class prompt opens every description: never train on it
+
+    config.batch_size = 256
+    config.total_steps = 2000
+    config.lr = 1e-5 if arg.init != "scratch" else 5e-4
+    config.wd = 0.1
+    config.warmup_steps = 100
+    config.optim = ml_collections.ConfigDict()
+    config.optim.grad_clip_norm = 1.0
+    config.optim.b2 = 0.98
+    config.optim.layer_decay = ml_collections.FieldReference(None, field_type=float)
+    config.optim.frozen = ()  # e.g. ("vision_model/.*", "visual_projection/.*") for LiT
+    config.loss = ml_collections.ConfigDict(dict(class_aware=False))
+
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    # FSDP: regexes over '/'-joined param paths -> mesh axis; unmatched params stay replicated.
+    config.sharding_rules = ((".*", "fsdp"),) if arg.arch in ("l14", "l14_336") else ()
+
+    config.log_every = 20
+    config.eval_every = 500
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 3
+    config.best_metric = "zeroshot/accuracy"
+
+    config.evals = ml_collections.ConfigDict()
+    config.evals.zeroshot = ml_collections.ConfigDict(dict(split="test", sources=(arg.captions, "templates")))
+    config.evals.retrieval = ml_collections.ConfigDict(dict(split="test", ks=(1, 5, 10)))
+
+    if arg.runlocal:
+        config.data.per_class = ml_collections.ConfigDict(dict(train=1600, val=200, test=200))
+        config.batch_size = 64
+        config.total_steps = 600
+        config.warmup_steps = 50
+        config.lr = 1e-3
+        config.wd = 0.05
+        config.eval_every = 300
+        config.checkpoint_every = 300
+        config.log_every = 25
+        config.model.vocab_size = 1024
+        config.model.text_context = 64
+    return config
+
+
+def steps_per_epoch(config) -> int:
+    return math.ceil(config.data.per_class.train * len(config.data.stages) / config.batch_size)

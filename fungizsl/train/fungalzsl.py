@@ -1,0 +1,272 @@
+"""FungalZSL trainer: CLIP fine-tuned with the symmetric contrastive loss on synthetic growth stages.
+
+Rani, Arroyo, Durdevic (2025), "FungalZSL: Zero-Shot Fungal Classification with Image Captioning
+Using a Synthetic Data Approach". One linear script in big_vision's style; sections: mesh, input,
+model, optimizer and sharding, update step, checkpoints, evaluation, loop.
+"""
+
+import dataclasses
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from fungizsl import losses, tokenizers, weights
+from fungizsl.data import pipeline
+from fungizsl.evaluate import metrics_io, run_evaluators
+from fungizsl.models import two_towers
+from fungizsl.train import checkpoint, fungalzsl_data, optim, sharding
+
+SUMMARY_FILE = "summary.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+def build_model(config, caption_texts, workdir):
+    """(module, params or None, tokenizer, tokenizer_folder). params is None for a fresh init."""
+    init, m = config.model.init, config.model
+    if init != "scratch" and os.path.isfile(os.path.join(init, "config.json")):
+        model, params = weights.load_pretrained(init, dtype=m.dtype, scan=m.scan, remat=m.remat)
+        return model, params, tokenizers.load_tokenizer(init), init
+    tokenizer_dir = os.path.join(workdir, "tokenizer")
+    if init != "scratch":  # an earlier fungizsl run: reuse its tokenizer and model shape
+        tokenizer_dir = os.path.join(_run_dir(init), "tokenizer")
+    if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
+        tokenizer = tokenizers.load_tokenizer(tokenizer_dir, length=m.text_context)
+    elif init == "scratch":
+        tokenizer = tokenizers.train_bpe_tokenizer(caption_texts, m.vocab_size, tokenizer_dir,
+                                                   context_length=m.text_context)
+    else:
+        raise FileNotFoundError(f"{tokenizer_dir} is missing: config.model.init={init!r} is not a fungizsl run")
+    clip = two_towers.clip_config(m.arch, dtype=m.dtype, scan=m.scan, remat=m.remat)
+    clip = dataclasses.replace(
+        clip, vision=dataclasses.replace(clip.vision, image_size=config.data.image_size),
+        text=dataclasses.replace(clip.text, vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
+                                 context_length=tokenizer.context_length))
+    model = two_towers.ClipModel(clip)
+    params = None if init == "scratch" else checkpoint.load_params(init)
+    if params is not None and m.scan and "layers" not in params["vision_model"]["encoder"]:
+        from fungizsl.weights.convert import stack_layers
+        params = stack_layers(params)
+    return model, params, tokenizer, tokenizer_dir
+
+
+def _run_dir(path):
+    path = os.path.abspath(path)
+    while path != "/" and not os.path.isdir(os.path.join(path, "tokenizer")):
+        path = os.path.dirname(path)
+    return path
+
+
+def _encode(model):
+    def encode(params, images, input_ids):
+        variables = {"params": params}
+        return (two_towers.l2_normalize(model.apply(variables, images, method="encode_image")),
+                two_towers.l2_normalize(model.apply(variables, input_ids, method="encode_text")))
+    return encode
+
+
+# ---------------------------------------------------------------------------------------------
+# Update step
+# ---------------------------------------------------------------------------------------------
+
+def make_train_step(model, optimizer, schedule, class_aware: bool):
+    encode = _encode(model)
+
+    def train_step(state, batch):
+        def loss_fn(params):
+            zimg, ztxt = encode(params, batch["image"], batch["input_ids"])
+            scale = jnp.exp(jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE))
+            return losses.contrastive_loss(zimg, ztxt, scale, labels=batch["label"], class_aware=class_aware)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        # CLIP clamps the learnable temperature so that logits never exceed 100.
+        params["logit_scale"] = jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
+                       temperature_scale=jnp.exp(params["logit_scale"]))
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return train_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+def embed_split(encode_fn, params, iterator, mesh, desc):
+    """Normalised image and paired-caption embeddings of one evaluation split, on every host."""
+    zimg, ztxt, labels = [], [], []
+    for batch in tqdm(iterator, desc=desc, leave=False, disable=jax.process_index() != 0):
+        placed = pipeline.to_global_batch(batch, mesh)
+        zi, zt = encode_fn(params, placed["image"], placed["input_ids"])
+        zi, zt, label, valid = multihost_utils.process_allgather(
+            (zi, zt, placed["label"], placed["valid"]), tiled=True)
+        zimg.append(zi[valid])
+        ztxt.append(zt[valid])
+        labels.append(label[valid])
+    return np.concatenate(zimg), np.concatenate(ztxt), np.concatenate(labels)
+
+
+def embed_texts(encode_text_fn, params, tokenizer, texts, mesh, batch_size):
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start:start + batch_size])
+        padded = chunk + [""] * (batch_size - len(chunk))
+        ids = pipeline.to_global_batch({"input_ids": tokenizer(padded)["input_ids"]}, mesh)["input_ids"]
+        out.append(multihost_utils.process_allgather(encode_text_fn(params, ids), tiled=True)[:len(chunk)])
+    return np.concatenate(out)
+
+
+def evaluate(config, data, model, params, mesh, tokenizer, workdir, step):
+    encode = jax.jit(_encode(model))
+    encode_text = jax.jit(lambda p, ids: two_towers.l2_normalize(
+        model.apply({"params": p}, ids, method="encode_text")))
+    eval_batch = max(mesh.size, config.get("eval_batch_size", config.batch_size))
+    results = {}
+    zimg, ztxt, labels = embed_split(encode, params, data.eval_iterator("test", eval_batch, tokenizer),
+                                     mesh, f"embed test images (step {step})")
+    retrieval_cfg = dict(config.evals.retrieval)
+    for name, value in run_evaluators({"retrieval": retrieval_cfg}, zimg=zimg, image_labels=labels,
+                                      ztxt=ztxt, text_labels=labels):
+        results[name] = value
+    zeroshot_cfg = config.evals.zeroshot
+    for i, source in enumerate(zeroshot_cfg.sources):
+        by_class = data.captions_for_eval(source)
+        texts = [t for c in data.class_names for t in by_class[c]]
+        text_labels = np.asarray([k for k, c in enumerate(data.class_names) for _ in by_class[c]])
+        class_ztxt = embed_texts(encode_text, params, tokenizer, texts, mesh, eval_batch)
+        prefix = "zeroshot" if i == 0 else f"zeroshot_{data.source_label(source)}"
+        evaluator = {"type": "zeroshot", "plot_dir": workdir if i == 0 else None,
+                     "plot_title": f"Zero-shot ({data.source_label(source)} captions, step {step})"}
+        for name, value in run_evaluators({prefix: evaluator}, zimg=zimg, image_labels=labels,
+                                          ztxt=class_ztxt, text_labels=text_labels,
+                                          class_names=data.class_names):
+            results[name] = value
+    return results
+
+
+def summarise(results: dict, class_names) -> dict:
+    """The headline numbers, flat, under the names the README and launch/local.sh print."""
+    summary = {
+        "zeroshot_accuracy": results["zeroshot/accuracy"],
+        "recall@1_image_to_text": results["retrieval/class/image_to_text/recall@1"],
+        "recall@1_text_to_image": results["retrieval/class/text_to_image/recall@1"],
+        "recall@5_image_to_text": results["retrieval/class/image_to_text/recall@5"],
+        "recall@5_text_to_image": results["retrieval/class/text_to_image/recall@5"],
+        "instance_recall@1_image_to_text": results.get("retrieval/instance/image_to_text/recall@1"),
+        "instance_recall@1_text_to_image": results.get("retrieval/instance/text_to_image/recall@1"),
+        "per_class_accuracy": {c: results[f"zeroshot/per_class/{c}"] for c in class_names},
+        "confusion_matrix": np.asarray(results["zeroshot/confusion"]).tolist(),
+    }
+    summary.update({k.replace("/accuracy", "_accuracy"): v for k, v in results.items()
+                    if k.startswith("zeroshot_") and k.endswith("/accuracy")})
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Train and evaluate
+# ---------------------------------------------------------------------------------------------
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+
+    # Mesh.
+    mesh = sharding.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
+    if config.batch_size % mesh.size:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {mesh.size} devices")
+
+    # Input and model.
+    data = fungalzsl_data.FungalZSLData(config, workdir)
+    model, params, tokenizer, _ = build_model(config, data.tokenizer_corpus(), workdir)
+    train_iter = data.train_iterator(tokenizer)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    # Optimizer and sharding.
+    init_params = (params if params is not None
+                   else model.init(jax.random.key(config.seed), *weights.clip.dummy_inputs(model.config))["params"])
+    optimizer, schedule = optim.make_optimizer(
+        init_params, learning_rate=config.lr, total_steps=config.total_steps,
+        warmup_steps=config.warmup_steps, weight_decay=config.wd, b2=config.optim.b2,
+        grad_clip_norm=config.optim.grad_clip_norm, frozen=tuple(config.optim.frozen),
+        layer_decay=config.optim.layer_decay)
+
+    def init_state(p):
+        return {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": optimizer.init(p)}
+
+    abstract = jax.eval_shape(init_state, init_params)
+    rules = tuple(tuple(r) for r in config.sharding_rules)
+    state_sharding = sharding.fsdp_sharding(abstract, mesh, rules) if rules else jax.tree.map(
+        lambda _: sharding.replicated(mesh), abstract)
+    state = jax.jit(init_state, out_shardings=state_sharding)(init_params)
+    del init_params, params
+
+    # Update step.
+    step_fn = jax.jit(make_train_step(model, optimizer, schedule, config.loss.class_aware),
+                      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+
+    # Checkpoints: resume automatically from the workdir.
+    ckpt = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
+    if ckpt.latest_step() is not None:
+        abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                        abstract, state_sharding)
+        state = ckpt.restore(abstract_sharded, train_iter)
+    first_step = int(state["step"])
+    if first_step and is_main:
+        print(f"resumed from step {first_step} of {config.total_steps} in {ckpt.directory}", flush=True)
+
+    writer = SummaryWriter(os.path.join(workdir, "tb")) if is_main else None
+    results, last_eval = {}, None
+    progress = tqdm(total=config.total_steps, initial=first_step, desc="train", disable=not is_main)
+    tick, tick_step = time.perf_counter(), first_step
+    for step in range(first_step + 1, config.total_steps + 1):
+        batch = pipeline.to_global_batch(next(train_iter), mesh)
+        state, metrics = step_fn(state, batch)
+        progress.update(1)
+        if step % config.log_every == 0 or step == config.total_steps:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            elapsed = time.perf_counter() - tick
+            metrics["img/sec/core"] = config.batch_size * (step - tick_step) / elapsed / jax.device_count()
+            tick, tick_step = time.perf_counter(), step
+            progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
+            if writer:
+                metrics_io.write_scalars(writer, metrics, step, prefix="train")
+        if step % config.eval_every == 0 or step == config.total_steps:
+            results = evaluate(config, data, model, state["params"], mesh, tokenizer, workdir, step)
+            last_eval = step
+            if writer:
+                metrics_io.write_scalars(writer, results, step, prefix="eval")
+            progress.write(f"step {step}: zero-shot accuracy {results['zeroshot/accuracy']:.4f}, "
+                           f"image->text R@1 {results['retrieval/class/image_to_text/recall@1']:.4f}")
+        if step % config.checkpoint_every == 0 or step == config.total_steps:
+            scalars = metrics_io.scalars(results) if last_eval == step else None
+            ckpt.save(step, state, train_iter, metrics=scalars, force=True)
+    progress.close()
+    ckpt.close()
+    if not results:  # resumed after the last step: evaluate the restored state
+        results = evaluate(config, data, model, state["params"], mesh, tokenizer, workdir, int(state["step"]))
+    summary = summarise(results, data.class_names)
+    summary.update(step=int(state["step"]), arch=config.model.arch, init=config.model.init,
+                   captions=config.data.captions, preset=config.data.preset)
+    if is_main:
+        metrics_io.write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+        metrics_io.write_json(os.path.join(workdir, "eval_metrics.json"), results)
+        if writer:
+            writer.close()
+    return summary

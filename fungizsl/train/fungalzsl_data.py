@@ -1,0 +1,116 @@
+"""Images and captions of a FungalZSL run, as the config names them.
+
+Images come from the growth-stage renderer (`data.kind="rendered"`: rendered on access, or once
+into memory with `data.cache_in_memory`), from prepared TFDS shards (`"tfds"`: any builder in
+`fungizsl.data.builders`, e.g. `fungal_growth_stages` or `image_folder` for DeFungi). The three
+splits never share an image: rendered splits use different seeds.
+
+Captions come from a named source (`fungizsl.data.captions`). For the paper's per-split captions
+(`fungalzsl_split`) training draws from the train split's texts and evaluation from the test
+split's; other sources (generated captions, templates, a user JSONL) have one pool, used for both.
+"""
+
+import os
+
+from tqdm import tqdm
+
+from fungizsl.data import captions as caption_lib
+from fungizsl.data import pipeline, synthetic
+
+SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+
+
+class FungalZSLData:
+    def __init__(self, config, workdir: str):
+        self.config = config
+        self.data = config.data
+        self.workdir = workdir
+        self._sources = {}
+        self.class_names = self._class_names()
+        self.train_captions = self.captions(self.data.captions, split="train")
+
+    # -- images ---------------------------------------------------------------------------------
+
+    def _class_names(self):
+        if self.data.kind == "rendered":
+            return tuple(self.data.stages)
+        if self.data.kind == "tfds":
+            names = self.source("train").dataset_info.features["label"].names
+            return tuple(names)
+        raise ValueError(f"config.data.kind must be 'rendered' or 'tfds', got {self.data.kind!r}")
+
+    def source(self, split: str):
+        if split not in self._sources:
+            self._sources[split] = self._make_source(split)
+        return self._sources[split]
+
+    def _make_source(self, split: str):
+        d = self.data
+        if d.kind == "tfds":
+            from fungizsl.data import builders
+
+            if not d.tfds_dir or not d.tfds_config:
+                raise ValueError("config.data.kind='tfds' needs config.data.tfds_dir and config.data.tfds_config")
+            return builders.data_source(d.get("tfds_builder", "fungal_growth_stages"), split,
+                                        config=d.tfds_config, data_dir=d.tfds_dir)
+        render = synthetic.RenderConfig(image_size=d.image_size, preset=d.preset,
+                                        hyphae_mycelium_overlap=d.overlap, stages=tuple(d.stages))
+        source = pipeline.RenderedSource(tuple(d.stages), d.per_class[split],
+                                         seed=self.config.seed + SPLIT_SEED_OFFSET[split], render_config=render)
+        if not d.get("cache_in_memory", False):
+            return source
+        records = [{"image": r["image"], "label": r["label"]}
+                   for r in tqdm((source[i] for i in range(len(source))), total=len(source),
+                                 desc=f"render {split} images", leave=False)]
+        return pipeline.InMemorySource(records, class_names=source.class_names)
+
+    # -- captions -------------------------------------------------------------------------------
+
+    def captions(self, name: str, split: str) -> dict:
+        """class name -> texts of caption source `name` (for `fungalzsl_split`: of `split`)."""
+        d = self.data
+        if name == "fungalzsl_split":
+            source = caption_lib.get_caption_source(name, root=d.captions_dir, split=split,
+                                                    strip_prompt=d.strip_prompt)
+        elif name == "fungalzsl_generated":
+            source = caption_lib.get_caption_source(name, path=d.captions_dir, strip_prompt=d.strip_prompt)
+        elif name == "templates":
+            source = caption_lib.get_caption_source(name, classes=list(self.class_names))
+        elif name.endswith(".jsonl") or os.path.isfile(name):
+            source = caption_lib.get_caption_source("jsonl", path=name)
+        else:
+            raise ValueError(f"config.data.captions={name!r}: use fungalzsl_split, fungalzsl_generated, "
+                             f"templates or the path of a JSONL file")
+        by_class = source.by_class()
+        missing = [c for c in self.class_names if not by_class.get(c)]
+        if missing:
+            raise ValueError(f"caption source {name!r} has no captions for class(es) {missing}")
+        return {c: list(by_class[c]) for c in self.class_names}
+
+    def captions_for_eval(self, name: str) -> dict:
+        return self.captions(name, split="test")
+
+    @staticmethod
+    def source_label(name: str) -> str:
+        return os.path.splitext(os.path.basename(name))[0]
+
+    def tokenizer_corpus(self) -> list[str]:
+        """Texts a from-scratch BPE is trained on: the training captions and the class names."""
+        texts = [t for c in self.class_names for t in self.train_captions[c]]
+        return texts + [c.replace("_", " ") for c in self.class_names]
+
+    # -- iterators ------------------------------------------------------------------------------
+
+    def train_iterator(self, tokenizer):
+        return pipeline.make_train_iterator(
+            self.source("train"), global_batch_size=self.config.batch_size, seed=self.config.seed,
+            image_size=self.data.image_size, augment=self.data.augment, captions_by_class=self.train_captions,
+            class_names=self.class_names, tokenizer=tokenizer, worker_count=self.data.worker_count)
+
+    def eval_iterator(self, split: str, batch_size: int, tokenizer):
+        eval_captions = self.captions_for_eval(self.data.captions)
+        return pipeline.make_eval_iterator(
+            self.source(split), global_batch_size=batch_size, image_size=self.data.image_size,
+            captions_by_class=eval_captions, class_names=self.class_names, tokenizer=tokenizer,
+            seed=self.config.seed)
+

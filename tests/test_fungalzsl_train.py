@@ -1,0 +1,80 @@
+"""The FungalZSL trainer end to end: config errors, training, and exact resume after SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fungizsl.train import checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config=configs/fungalzsl.py:arch=tiny,runlocal,captions=templates",
+    "--config.data.image_size=32", "--config.data.per_class.train=16", "--config.data.per_class.val=4",
+    "--config.data.per_class.test=8", "--config.batch_size=16", "--config.total_steps=12",
+    "--config.warmup_steps=2", "--config.log_every=2", "--config.checkpoint_every=3",
+    "--config.eval_every=1000", "--config.model.vocab_size=300", "--config.model.text_context=24",
+]
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    return env
+
+
+def _train(workdir, *extra, **popen):
+    cmd = [sys.executable, "-m", "fungizsl.main", *TINY, f"--workdir={workdir}", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def _finish(process, timeout=240):
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-4000:]
+    return out
+
+
+def test_unknown_config_override_names_the_field(tmp_path):
+    out, _ = _train(tmp_path, "--config.data.per_clas.train=3").communicate(timeout=120)
+    assert "per_clas" in out
+    bad_arch = subprocess.run([sys.executable, "-m", "fungizsl.main", "--config=configs/fungalzsl.py:arch=b64",
+                               f"--workdir={tmp_path}"], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert bad_arch.returncode != 0 and "'arch' must be one of" in bad_arch.stderr
+
+
+def test_sigkill_then_resume_gives_the_same_parameters(tmp_path):
+    straight = tmp_path / "straight"
+    out = _finish(_train(straight))
+    assert "zeroshot_accuracy" in out
+    summary = (straight / "summary.json").read_text()
+    assert '"step": 12' in summary and (straight / "confusion_matrix.png").stat().st_size > 1000
+
+    interrupted = tmp_path / "interrupted"
+    process = _train(interrupted, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        folder = interrupted / "checkpoints"
+        steps = [int(d) for d in os.listdir(folder) if d.isdigit()] if folder.is_dir() else []
+        if steps and max(steps) >= 6:
+            break
+        if process.poll() is not None:
+            pytest.fail("the run ended before it could be killed:\n" + process.stdout.read()[-3000:])
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "summary.json").exists(), "the run was killed after it had finished"
+
+    out = _finish(_train(interrupted))
+    resumed_at = int(out.split("resumed from step ")[1].split()[0])
+    assert 6 <= resumed_at < 12
+    assert '"step": 12' in (interrupted / "summary.json").read_text()
+    want = checkpoint.load_params(str(straight))
+    got = checkpoint.load_params(str(interrupted))
+    import jax
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
