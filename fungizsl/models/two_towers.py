@@ -33,7 +33,7 @@ ARCHITECTURES = {
     "b16": ("clip_b16", "clip_b", 512),
     "l14": ("clip_l14", "clip_l", 768),
     "l14_336": ("clip_l14_336", "clip_l", 768),
-    "tiny": ("clip_tiny", "clip_tiny", 32),
+    "tiny": ("clip_tiny", "clip_tiny", 32),  # tests and CPU runs
 }
 
 

@@ -235,8 +235,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results, last_eval = {}, None
     progress = tqdm(total=config.total_steps, initial=first_step, desc="train", disable=not is_main)
     tick, tick_step = time.perf_counter(), first_step
+    audit = [] if config.data.get("audit_indices", False) else None
     for step in range(first_step + 1, config.total_steps + 1):
-        batch = pipeline.to_global_batch(next(train_iter), mesh)
+        local_batch = next(train_iter)
+        if audit is not None:  # which records this process trained on, step by step
+            audit.append(np.asarray(local_batch["index"]))
+        batch = pipeline.to_global_batch(local_batch, mesh)
         state, metrics = step_fn(state, batch)
         progress.update(1)
         if step % config.log_every == 0 or step == config.total_steps:
@@ -259,6 +263,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             ckpt.save(step, state, train_iter, metrics=scalars, force=True)
     progress.close()
     ckpt.close()
+    if audit:
+        os.makedirs(os.path.join(workdir, "audit"), exist_ok=True)
+        np.save(os.path.join(workdir, "audit", f"process_{jax.process_index()}.npy"), np.stack(audit))
     if not results:  # resumed after the last step: evaluate the restored state
         results = evaluate(config, data, model, state["params"], mesh, tokenizer, workdir, int(state["step"]))
     summary = summarise(results, data.class_names)

@@ -74,13 +74,17 @@ class FungalZSLData:
                                                     strip_prompt=d.strip_prompt)
         elif name == "fungalzsl_generated":
             source = caption_lib.get_caption_source(name, path=d.captions_dir, strip_prompt=d.strip_prompt)
+        elif name == "class_descriptions":  # written into the config itself
+            given = dict(d.get("class_descriptions") or {})
+            source = caption_lib.ListSource([caption_lib.Caption(c, t, name) for c, texts in given.items()
+                                             for t in texts], name=name)
         elif name == "templates":
             source = caption_lib.get_caption_source(name, classes=list(self.class_names))
         elif name.endswith(".jsonl") or os.path.isfile(name):
             source = caption_lib.get_caption_source("jsonl", path=name)
         else:
             raise ValueError(f"config.data.captions={name!r}: use fungalzsl_split, fungalzsl_generated, "
-                             f"templates or the path of a JSONL file")
+                             f"templates, class_descriptions or the path of a JSONL file")
         by_class = source.by_class()
         missing = [c for c in self.class_names if not by_class.get(c)]
         if missing:
