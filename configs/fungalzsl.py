@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.scan = arg.arch in ("l14", "l14_336")
     config.model.remat = arg.arch in ("l14", "l14_336")
     config.model.text_context = 77
+    config.model.patch_size = 0  # from scratch only: 0 keeps the architecture's patch size
     config.model.vocab_size = 4096  # of the BPE trained on the captions when init=scratch
 
     config.data = ml_collections.ConfigDict()
@@ -83,6 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
     config.best_metric = "zeroshot/accuracy"
+    config.export_hf = True  # write workdir/hf_export (Hugging Face CLIPModel folder) at the end
 
     config.evals = ml_collections.ConfigDict()
     config.evals.zeroshot = ml_collections.ConfigDict(dict(split="test", sources=(arg.captions, "templates")))

@@ -13,11 +13,15 @@ COMMANDS = {
     "render": "fungizsl.data.synthetic",
     "captions": "fungizsl.data.llm_captions",
     "build": "fungizsl.data.builders",
+    "crosstable": "fungizsl.evaluate.crosstable",
 }
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fungizsl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fungizsl", description=__doc__.splitlines()[0],
+        epilog="training: fungizsl train --config=configs/fungalzsl.py:arch=b32 --workdir=DIR "
+               "(same flags as python -m fungizsl.main)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:
@@ -29,6 +33,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "train":  # absl owns these flags: `fungizsl train --config=... --workdir=...`
+        from fungizsl import main as train_main
+
+        train_main.run(["fungizsl train", *argv[1:]])
+        return 0
     command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(only=command) if command else build_parser(only="")
     args = parser.parse_args(argv)

@@ -59,8 +59,8 @@ def main(argv) -> None:
                                title=f"{FLAGS.trainer} summary ({FLAGS.workdir})")
 
 
-def run() -> None:
-    app.run(main)
+def run(argv: list[str] | None = None) -> None:
+    app.run(main, argv=argv)
 
 
 if __name__ == "__main__":

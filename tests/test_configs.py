@@ -20,3 +20,16 @@ def test_parse_arg_types_and_flags():
 def test_parse_arg_errors_name_the_key(text, message):
     with pytest.raises(ValueError, match=message):
         parse_arg(text, arch="b32", runlocal=False, steps=10)
+
+
+def test_experiment_configs_load_and_check_their_arguments():
+    from configs import defungi, fungalzsl
+
+    config = fungalzsl.get_config("arch=l14_336,init=/ckpt/clip,runlocal")
+    assert (config.model.arch, config.data.image_size, config.model.init) == ("l14_336", 336, "/ckpt/clip")
+    assert config.model.scan and config.sharding_rules  # FSDP and scan on for L/14 sizes
+    with pytest.raises(ValueError, match="'arch' must be one of"):
+        fungalzsl.get_config("arch=b64")
+    real = defungi.get_config("runlocal")
+    assert real.data.tfds_builder == "image_folder" and set(real.data.class_descriptions) == {
+        "BASH", "BBH", "GMA", "SHC", "TSH"}

@@ -47,12 +47,46 @@ def test_unknown_config_override_names_the_field(tmp_path):
     assert bad_arch.returncode != 0 and "'arch' must be one of" in bad_arch.stderr
 
 
-def test_sigkill_then_resume_gives_the_same_parameters(tmp_path):
-    straight = tmp_path / "straight"
-    out = _finish(_train(straight))
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """One uninterrupted run of the tiny config."""
+    workdir = tmp_path_factory.mktemp("straight")
+    out = _finish(_train(workdir))
     assert "zeroshot_accuracy" in out
-    summary = (straight / "summary.json").read_text()
-    assert '"step": 12' in summary and (straight / "confusion_matrix.png").stat().st_size > 1000
+    return workdir
+
+
+def test_a_run_writes_summary_plots_metrics_and_a_pytorch_export(straight):
+    import json
+
+    summary = json.loads((straight / "summary.json").read_text())
+    assert summary["step"] == 12
+    for key in ("zeroshot_accuracy", "recall@1_image_to_text", "recall@1_text_to_image",
+                "recall@5_image_to_text", "per_class_accuracy"):
+        assert key in summary, key
+    assert set(summary["per_class_accuracy"]) == {"spore", "hyphae", "mycelium"}
+    assert set(summary["zeroshot_accuracy_by_caption_source"]) == {"templates"}
+    assert (straight / "confusion_matrix.png").stat().st_size > 1000
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(straight / "tb"))
+    import transformers
+
+    torch_model = transformers.CLIPModel.from_pretrained(straight / "hf_export")
+    assert torch_model.config.vision_config.image_size == 32
+
+
+def test_init_from_a_hugging_face_folder_or_an_earlier_run(straight, tmp_path):
+    want = checkpoint.load_params(str(straight))
+    import jax
+    for name, init in (("from_hf", straight / "hf_export"), ("from_run", straight)):
+        # one step at a vanishing learning rate: the result must be the initialisation itself
+        _finish(_train(tmp_path / name, f"--config.model.init={init}", "--config.total_steps=1",
+                       "--config.warmup_steps=0", "--config.lr=1e-12", "--config.export_hf=False"))
+        got = checkpoint.load_params(str(tmp_path / name))
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, err_msg=name)
+
+
+def test_sigkill_then_resume_gives_the_same_parameters(straight, tmp_path):
 
     interrupted = tmp_path / "interrupted"
     process = _train(interrupted, start_new_session=True)

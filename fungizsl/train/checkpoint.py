@@ -72,6 +72,11 @@ def load_params(path: str):
     else:
         raise FileNotFoundError(f"config.model.init={path!r} is neither a Hugging Face folder nor a "
                                 f"fungizsl workdir/checkpoint")
-    manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA))
-    state = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()}))[STATE]
-    return jax.tree.map(lambda x: x, state["params"])
+    manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA),
+                                    item_handlers={STATE: ocp.StandardCheckpointHandler()})
+    # Restore onto this process's first device, whatever mesh and host count saved it.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          manager.item_metadata(step)[STATE])
+    state = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)}))[STATE]
+    return jax.device_get(state["params"])

@@ -51,7 +51,8 @@ def build_model(config, caption_texts, workdir):
         raise FileNotFoundError(f"{tokenizer_dir} is missing: config.model.init={init!r} is not a fungizsl run")
     clip = two_towers.clip_config(m.arch, dtype=m.dtype, scan=m.scan, remat=m.remat)
     clip = dataclasses.replace(
-        clip, vision=dataclasses.replace(clip.vision, image_size=config.data.image_size),
+        clip, vision=dataclasses.replace(clip.vision, image_size=config.data.image_size,
+                                         patch_size=m.get("patch_size") or clip.vision.patch_size),
         text=dataclasses.replace(clip.text, vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
                                  context_length=tokenizer.context_length))
     model = two_towers.ClipModel(clip)
@@ -130,10 +131,15 @@ def embed_texts(encode_text_fn, params, tokenizer, texts, mesh, batch_size):
     return np.concatenate(out)
 
 
-def evaluate(config, data, model, params, mesh, tokenizer, workdir, step):
-    encode = jax.jit(_encode(model))
+def make_eval_fns(model):
+    """Compiled once per run: (encode images and captions, encode captions)."""
     encode_text = jax.jit(lambda p, ids: two_towers.l2_normalize(
         model.apply({"params": p}, ids, method="encode_text")))
+    return jax.jit(_encode(model)), encode_text
+
+
+def evaluate(config, data, eval_fns, params, mesh, tokenizer, workdir, step):
+    encode, encode_text = eval_fns
     eval_batch = max(mesh.size, config.get("eval_batch_size", config.batch_size))
     results = {}
     zimg, ztxt, labels = embed_split(encode, params, data.eval_iterator("test", eval_batch, tokenizer),
@@ -155,6 +161,7 @@ def evaluate(config, data, model, params, mesh, tokenizer, workdir, step):
                                           ztxt=class_ztxt, text_labels=text_labels,
                                           class_names=data.class_names):
             results[name] = value
+        results[f"zeroshot_by_source/{data.source_label(source)}"] = results[f"{prefix}/accuracy"]
     return results
 
 
@@ -162,6 +169,7 @@ def summarise(results: dict, class_names) -> dict:
     """The headline numbers, flat, under the names the README and launch/local.sh print."""
     summary = {
         "zeroshot_accuracy": results["zeroshot/accuracy"],
+        "zeroshot_mean_per_class_accuracy": results["zeroshot/mean_per_class_accuracy"],
         "recall@1_image_to_text": results["retrieval/class/image_to_text/recall@1"],
         "recall@1_text_to_image": results["retrieval/class/text_to_image/recall@1"],
         "recall@5_image_to_text": results["retrieval/class/image_to_text/recall@5"],
@@ -171,8 +179,9 @@ def summarise(results: dict, class_names) -> dict:
         "per_class_accuracy": {c: results[f"zeroshot/per_class/{c}"] for c in class_names},
         "confusion_matrix": np.asarray(results["zeroshot/confusion"]).tolist(),
     }
-    summary.update({k.replace("/accuracy", "_accuracy"): v for k, v in results.items()
-                    if k.startswith("zeroshot_") and k.endswith("/accuracy")})
+    # Zero-shot accuracy with each evaluation caption source, for the caption-source cross table.
+    summary["zeroshot_accuracy_by_caption_source"] = {
+        k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("zeroshot_by_source/")}
     return summary
 
 
@@ -191,10 +200,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # Input and model.
     data = fungalzsl_data.FungalZSLData(config, workdir)
-    model, params, tokenizer, _ = build_model(config, data.tokenizer_corpus(), workdir)
+    model, params, tokenizer, tokenizer_dir = build_model(config, data.tokenizer_corpus(), workdir)
     train_iter = data.train_iterator(tokenizer)
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        with open(os.path.join(workdir, "fungizsl_config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
     # Optimizer and sharding.
@@ -220,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step_fn = jax.jit(make_train_step(model, optimizer, schedule, config.loss.class_aware),
                       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    eval_fns = make_eval_fns(model)
 
     # Checkpoints: resume automatically from the workdir.
     ckpt = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
@@ -252,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if writer:
                 metrics_io.write_scalars(writer, metrics, step, prefix="train")
         if step % config.eval_every == 0 or step == config.total_steps:
-            results = evaluate(config, data, model, state["params"], mesh, tokenizer, workdir, step)
+            results = evaluate(config, data, eval_fns, state["params"], mesh, tokenizer, workdir, step)
             last_eval = step
             if writer:
                 metrics_io.write_scalars(writer, results, step, prefix="eval")
@@ -267,13 +277,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.makedirs(os.path.join(workdir, "audit"), exist_ok=True)
         np.save(os.path.join(workdir, "audit", f"process_{jax.process_index()}.npy"), np.stack(audit))
     if not results:  # resumed after the last step: evaluate the restored state
-        results = evaluate(config, data, model, state["params"], mesh, tokenizer, workdir, int(state["step"]))
+        results = evaluate(config, data, eval_fns, state["params"], mesh, tokenizer, workdir,
+                           int(state["step"]))
     summary = summarise(results, data.class_names)
     summary.update(step=int(state["step"]), arch=config.model.arch, init=config.model.init,
                    captions=config.data.captions, preset=config.data.preset)
+    # Every process takes part in gathering (FSDP-sharded params span hosts); one writes.
+    export = (multihost_utils.process_allgather(state["params"], tiled=True) if config.get("export_hf", True)
+              else None)
     if is_main:
         metrics_io.write_json(os.path.join(workdir, SUMMARY_FILE), summary)
         metrics_io.write_json(os.path.join(workdir, "eval_metrics.json"), results)
+        if export is not None:  # usable from PyTorch: transformers.CLIPModel.from_pretrained
+            weights.export_pretrained(model, export, os.path.join(workdir, "hf_export"), tokenizer_from=tokenizer_dir)
         if writer:
             writer.close()
     return summary

@@ -26,6 +26,7 @@ class FungalZSLData:
         self.data = config.data
         self.workdir = workdir
         self._sources = {}
+        self._captions = {}
         self.class_names = self._class_names()
         self.train_captions = self.captions(self.data.captions, split="train")
 
@@ -68,6 +69,11 @@ class FungalZSLData:
 
     def captions(self, name: str, split: str) -> dict:
         """class name -> texts of caption source `name` (for `fungalzsl_split`: of `split`)."""
+        if (name, split) not in self._captions:
+            self._captions[name, split] = self._read_captions(name, split)
+        return self._captions[name, split]
+
+    def _read_captions(self, name: str, split: str) -> dict:
         d = self.data
         if name == "fungalzsl_split":
             source = caption_lib.get_caption_source(name, root=d.captions_dir, split=split,

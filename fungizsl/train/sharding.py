@@ -55,16 +55,18 @@ def shard_batch(batch, mesh: Mesh):
 
 def fsdp_sharding(params, mesh: Mesh, rules: Sequence[tuple[str, str]] = ((r".*", "fsdp"),),
                   min_size: int = 2 ** 18):
-    """NamedShardings for a param tree: a leaf whose '/'-joined path matches a rule's regex is
-    split over that mesh axis along its largest divisible dimension; small leaves and leaves
-    with no divisible dimension stay replicated."""
+    """NamedShardings for a tree of params (or a whole train state): the first rule whose regex
+    is found in a leaf's '/'-joined path (`re.search`, so `vision_model/.*kernel` also matches the
+    optimizer moments `opt_state/.../vision_model/...`) splits it over that mesh axis along its
+    largest divisible dimension; axis None, small leaves and leaves with no divisible dimension
+    stay replicated."""
     axis_size = dict(zip(mesh.axis_names, mesh.devices.shape))
 
     def spec_for(path, leaf):
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         shape = leaf.shape
         for pattern, axis in rules:
-            if not re.fullmatch(pattern, name):
+            if not re.search(pattern, name):
                 continue
             if axis is None or int(np.prod(shape)) < min_size:
                 break

@@ -31,7 +31,7 @@ __all__ = ["CheckpointMismatchError", "load_pretrained", "export_pretrained", "s
 
 SPECS: tuple[ModelSpec, ...] = (clip.SPEC, dinov2.SPEC, bert.SPEC)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
-                   "special_tokens_map.json")
+                   "special_tokens_map.json", "fungizsl_tokenizer.json")
 
 
 def spec_for_model_type(model_type: str) -> ModelSpec:
