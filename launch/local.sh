@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, on one machine (2 CPU cores are enough, about 5 minutes once installed):
+# The main job, on one machine (2 CPU cores are enough, about 7 minutes once installed):
 # renders the synthetic growth-stage dataset into TFDS array_record shards, trains a small CLIP
 # from scratch with L_image + L_text, evaluates zero-shot accuracy and Recall@K on the held-out
 # test split, and writes $WORKDIR/summary.json and confusion_matrix.png.
