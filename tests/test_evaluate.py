@@ -358,3 +358,27 @@ def test_registry_lookup_errors_and_registration():
         zimg=RET_IMAGES, ztxt=RET_TEXTS, image_labels=[0, 1, 1], text_labels=[1, 1, 0]))
     assert pairs["instance/image_to_text/recall@1"] == pytest.approx(1 / 3)
     assert pairs["class/text_to_image/recall@1"] == pytest.approx(1 / 3)
+
+
+def test_crosstable_collects_runs_into_one_table(tmp_path):
+    import json
+
+    from fungizsl import cli
+
+    for source, accs in (("fungalzsl_split", {"fungalzsl_split": 0.8, "templates": 0.7}),
+                         ("templates", {"fungalzsl_split": 0.6, "templates": 0.9})):
+        run = tmp_path / source
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"captions": source,
+                                                      "zeroshot_accuracy_by_caption_source": accs}))
+    from fungizsl.evaluate import crosstable
+
+    table = crosstable.collect([tmp_path / "fungalzsl_split", tmp_path / "templates"])
+    assert table == {("fungalzsl_split", "fungalzsl_split"): 0.8, ("fungalzsl_split", "templates"): 0.7,
+                     ("templates", "fungalzsl_split"): 0.6, ("templates", "templates"): 0.9}
+    out = tmp_path / "table.png"
+    assert cli.main(["crosstable", str(tmp_path / "fungalzsl_split"), str(tmp_path / "templates"),
+                     "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="summary.json is missing"):
+        crosstable.collect([tmp_path / "nowhere"])
