@@ -1,49 +1,30 @@
 """The FungalZSL trainer end to end: config errors, training, and exact resume after SIGKILL."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
-from fungizsl.train import checkpoint
+from trainer_runs import ROOT, assert_same_params, finish, start_training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "--config=configs/fungalzsl.py:arch=tiny,runlocal,captions=templates",
-    "--config.data.image_size=32", "--config.data.per_class.train=16", "--config.data.per_class.val=4",
-    "--config.data.per_class.test=8", "--config.batch_size=16", "--config.total_steps=12",
-    "--config.warmup_steps=2", "--config.log_every=2", "--config.checkpoint_every=3",
-    "--config.eval_every=1000", "--config.model.vocab_size=300", "--config.model.text_context=24",
-]
-
-
-def _env():
-    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    return env
+RUN = ("--config.batch_size=16", "--config.total_steps=12", "--config.warmup_steps=2",
+       "--config.log_every=2", "--config.checkpoint_every=3")
 
 
 def _train(workdir, *extra, **popen):
-    cmd = [sys.executable, "-m", "fungizsl.main", *TINY, f"--workdir={workdir}", *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **popen)
-
-
-def _finish(process, timeout=240):
-    out, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, out[-4000:]
-    return out
+    return start_training(workdir, *RUN, *extra, **popen)
 
 
 def test_unknown_config_override_names_the_field(tmp_path):
     out, _ = _train(tmp_path, "--config.data.per_clas.train=3").communicate(timeout=120)
     assert "per_clas" in out
     bad_arch = subprocess.run([sys.executable, "-m", "fungizsl.main", "--config=configs/fungalzsl.py:arch=b64",
-                               f"--workdir={tmp_path}"], cwd=ROOT, env=_env(), capture_output=True, text=True)
+                               f"--workdir={tmp_path}"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                              capture_output=True, text=True)
     assert bad_arch.returncode != 0 and "'arch' must be one of" in bad_arch.stderr
 
 
@@ -51,14 +32,12 @@ def test_unknown_config_override_names_the_field(tmp_path):
 def straight(tmp_path_factory):
     """One uninterrupted run of the tiny config."""
     workdir = tmp_path_factory.mktemp("straight")
-    out = _finish(_train(workdir))
+    out = finish(_train(workdir))
     assert "zeroshot_accuracy" in out
     return workdir
 
 
 def test_a_run_writes_summary_plots_metrics_and_a_pytorch_export(straight):
-    import json
-
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["step"] == 12
     for key in ("zeroshot_accuracy", "recall@1_image_to_text", "recall@1_text_to_image",
@@ -75,19 +54,14 @@ def test_a_run_writes_summary_plots_metrics_and_a_pytorch_export(straight):
 
 
 def test_init_from_a_hugging_face_folder_or_an_earlier_run(straight, tmp_path):
-    want = checkpoint.load_params(str(straight))
-    import jax
     for name, init in (("from_hf", straight / "hf_export"), ("from_run", straight)):
         # one step at a vanishing learning rate: the result must be the initialisation itself
-        _finish(_train(tmp_path / name, f"--config.model.init={init}", "--config.total_steps=1",
+        finish(_train(tmp_path / name, f"--config.model.init={init}", "--config.total_steps=1",
                        "--config.warmup_steps=0", "--config.lr=1e-12", "--config.export_hf=False"))
-        got = checkpoint.load_params(str(tmp_path / name))
-        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, err_msg=name)
+        assert_same_params(straight, tmp_path / name, atol=1e-6, err_msg=name)
 
 
 def test_sigkill_then_resume_gives_the_same_parameters(straight, tmp_path):
-
     interrupted = tmp_path / "interrupted"
     process = _train(interrupted, start_new_session=True)
     deadline = time.time() + 240
@@ -103,12 +77,8 @@ def test_sigkill_then_resume_gives_the_same_parameters(straight, tmp_path):
     process.wait()
     assert not (interrupted / "summary.json").exists(), "the run was killed after it had finished"
 
-    out = _finish(_train(interrupted))
+    out = finish(_train(interrupted))
     resumed_at = int(out.split("resumed from step ")[1].split()[0])
     assert 6 <= resumed_at < 12
     assert '"step": 12' in (interrupted / "summary.json").read_text()
-    want = checkpoint.load_params(str(straight))
-    got = checkpoint.load_params(str(interrupted))
-    import jax
-    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert_same_params(straight, interrupted, rtol=1e-6, atol=1e-7)

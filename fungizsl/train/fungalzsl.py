@@ -6,8 +6,6 @@ model, optimizer and sharding, update step, checkpoints, evaluation, loop.
 """
 
 import dataclasses
-import logging
-import math
 import os
 import time
 
@@ -25,6 +23,7 @@ from fungizsl.data import pipeline
 from fungizsl.evaluate import metrics_io, run_evaluators
 from fungizsl.models import two_towers
 from fungizsl.train import checkpoint, fungalzsl_data, optim, sharding
+from fungizsl.weights.convert import stack_layers
 
 SUMMARY_FILE = "summary.json"
 
@@ -58,7 +57,6 @@ def build_model(config, caption_texts, workdir):
     model = two_towers.ClipModel(clip)
     params = None if init == "scratch" else checkpoint.load_params(init)
     if params is not None and m.scan and "layers" not in params["vision_model"]["encoder"]:
-        from fungizsl.weights.convert import stack_layers
         params = stack_layers(params)
     return model, params, tokenizer, tokenizer_dir
 

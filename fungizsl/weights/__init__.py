@@ -17,7 +17,6 @@ import os
 import shutil
 
 import jax
-import numpy as np
 from safetensors.numpy import save_file
 
 from fungizsl.models import bert as bert_model
@@ -105,6 +104,3 @@ def export_pretrained(module, params, out_dir: str, tokenizer_from: str | None =
                 shutil.copy(src, os.path.join(out_dir, name))
     return out_dir
 
-
-def count_params(params) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

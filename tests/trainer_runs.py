@@ -1,0 +1,42 @@
+"""Helpers for tests that run the trainer as a subprocess (`python -m fungizsl.main`)."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from fungizsl.train import checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tiny CLIP on 32 px renders: a run of a dozen steps takes seconds.
+TINY_FLAGS = (
+    "--config=configs/fungalzsl.py:arch=tiny,runlocal,captions=templates",
+    "--config.data.image_size=32", "--config.data.per_class.train=16", "--config.data.per_class.val=4",
+    "--config.data.per_class.test=8", "--config.eval_every=1000", "--config.model.vocab_size=300",
+    "--config.model.text_context=24",
+)
+
+
+def start_training(workdir, *flags, devices: int = 2, env=None, **popen) -> subprocess.Popen:
+    """Starts a tiny training run in `workdir` on `devices` simulated CPU devices."""
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
+    cmd = [sys.executable, "-m", "fungizsl.main", *TINY_FLAGS, *flags, f"--workdir={workdir}"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def finish(process: subprocess.Popen, timeout: int = 300) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-4000:]
+    return out
+
+
+def assert_same_params(want_run, got_run, **tolerance):
+    """The newest checkpoints of two runs hold the same parameters."""
+    want = checkpoint.load_params(str(want_run))
+    got = checkpoint.load_params(str(got_run))
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **tolerance)
