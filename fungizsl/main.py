@@ -28,13 +28,10 @@ FLAGS = flags.FLAGS
 def initialize_distributed() -> None:
     import jax
 
-    explicit = {k: os.environ[v] for k, v in (("coordinator_address", "JAX_COORDINATOR_ADDRESS"),
-                                              ("num_processes", "JAX_NUM_PROCESSES"),
-                                              ("process_id", "JAX_PROCESS_ID")) if v in os.environ}
-    for key in ("num_processes", "process_id"):
-        if key in explicit:
-            explicit[key] = int(explicit[key])
-    jax.distributed.initialize(**explicit)  # with nothing explicit, JAX reads TPU/SLURM settings
+    from fungizsl import devices
+
+    # Explicit JAX_* settings and SLURM GPU ordinals; JAX reads the rest from the TPU/SLURM settings.
+    jax.distributed.initialize(**devices.distributed_initialize_kwargs())
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
 
@@ -45,6 +42,9 @@ def main(argv) -> None:
         logging_absl.set_verbosity(logging_absl.WARNING)
     if FLAGS.multihost:
         initialize_distributed()
+    from fungizsl import devices
+
+    devices.warn_if_cpu_only(_CONFIG.value)
     import importlib
 
     if FLAGS.trainer not in TRAINERS:

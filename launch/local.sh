@@ -7,7 +7,8 @@
 #   ./launch/local.sh --config.total_steps=300  extra flags go to fungizsl.main
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source launch/setup_env.sh
+FUNGIZSL_SETUP=${FUNGIZSL_SETUP:-main}
+source launch/setup_env.sh  # .venv with the package only: the main job needs no test stack
 
 WORKDIR=${WORKDIR:-workdir/fungalzsl-local}
 TFDS_DIR=${TFDS_DIR:-workdir/tfds}
@@ -31,5 +32,6 @@ Next steps:
       --config=configs/fungalzsl.py:arch=b32    (also b16, l14, l14_336; see README "Training")
   * start from a downloaded CLIP folder (config.json + model.safetensors + tokenizer files):
       python -m fungizsl.main --workdir=DIR --config=configs/fungalzsl.py:arch=b32,init=/path/to/clip-vit-base-patch32
-  * several hosts: launch/tpu_vm.sh or launch/gpu_slurm.sbatch (README "Multi-host").
+  * several hosts: launch/tpu_vm.sh or launch/gpu_slurm.sbatch (README "Run on a TPU VM slice",
+    "Run on a SLURM cluster").
 MSG
