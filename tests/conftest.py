@@ -1,15 +1,26 @@
-"""Test-wide setup: eight simulated CPU devices and no hub access.
+"""Test-wide setup: eight simulated CPU devices, no hub access, and the real-data folder.
 
-XLA reads the device count once, when JAX first initialises its backend, so the flag must be set
-before any test module imports jax.
+XLA reads the device count once, when JAX first initialises its backend, so the flags must be set
+before any test module imports jax. They are forced, not defaulted: a cluster environment often
+sets XLA_FLAGS or JAX_PLATFORMS, and the multi-device tests need exactly eight CPU devices. The
+user's other XLA flags are kept.
 """
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def with_host_device_count(xla_flags: str, count: int = 8) -> str:
+    """`xla_flags` with the host device count set to `count` and every other flag kept."""
+    kept = [flag for flag in xla_flags.split() if flag.split("=", 1)[0] != DEVICE_COUNT_FLAG]
+    return " ".join(kept + [f"{DEVICE_COUNT_FLAG}={count}"])
+
+
+os.environ["XLA_FLAGS"] = with_host_device_count(os.environ.get("XLA_FLAGS", ""))
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pathlib
 
@@ -18,9 +29,18 @@ import pytest
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def require_folder(folder: pathlib.Path, ci: bool) -> pathlib.Path:
+    """`folder`, or a skip when it is absent; in CI (CI=true) an absent folder fails the test, so a
+    moved data folder cannot turn its tests into silent skips."""
+    if folder.is_dir():
+        return folder
+    message = f"real data folder {folder} is absent"
+    if ci:
+        pytest.fail(f"{message}, and CI=true: CI runs with ../shared beside the clone", pytrace=False)
+    pytest.skip(f"{message} (only developer machines and CI have it)")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
-    """The real data folder beside the project; tests that need it skip when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (only developer machines and CI have it)")
-    return SHARED_DATA
+    """The real data folder beside the project (../shared/data)."""
+    return require_folder(SHARED_DATA, os.environ.get("CI", "").lower() == "true")

@@ -468,3 +468,35 @@ def test_accelerator_configs_on_cpu_warn(caplog):
     assert devices.warn_if_cpu_only(fungalzsl.get_config("arch=l14"), devices=[tpu]) is None
     bf16_tiny = ml_collections.ConfigDict({"model": {"arch": "tiny", "dtype": "bfloat16"}})
     assert "model.dtype=bfloat16" in devices.warn_if_cpu_only(bf16_tiny)
+
+
+# --- the test set-up itself: forced 8 CPU devices, real-data folder rules -----------------------------
+
+
+def test_eight_cpu_devices_whatever_the_environment_said():
+    """Run again in a child pytest below, under a cluster-like environment."""
+    assert jax.default_backend() == "cpu" and jax.device_count() == 8
+    assert os.environ["XLA_FLAGS"].split().count("--xla_force_host_platform_device_count=8") == 1
+
+
+def test_conftest_forces_devices_and_keeps_other_xla_flags():
+    from conftest import with_host_device_count
+
+    assert with_host_device_count("--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=2") \
+        == "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cuda"}
+    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            f"{__file__}::test_eight_cpu_devices_whatever_the_environment_said"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0 and "1 passed" in child.stdout, child.stdout + child.stderr
+
+
+def test_absent_real_data_skips_but_fails_in_ci(tmp_path):
+    from conftest import require_folder
+
+    assert require_folder(tmp_path, ci=True) == tmp_path
+    with pytest.raises(pytest.skip.Exception, match="absent"):
+        require_folder(tmp_path / "moved", ci=False)
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_folder(tmp_path / "moved", ci=True)

@@ -21,6 +21,13 @@ from fungizsl.weights import convert
 import reference_models as ref
 
 
+def _paired_leaves(a, b):
+    """Leaves of two parameter trees side by side, after checking that the trees have the same
+    structure (zip alone would stop at the shorter one and pair leaves by position)."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    return zip(jax.tree.leaves(a), jax.tree.leaves(b))
+
+
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clip")
@@ -84,7 +91,7 @@ def test_sharded_and_bf16_checkpoints_load(tmp_path):
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     _, single = weights.load_pretrained(str(tmp_path / "single"))
     _, sharded = weights.load_pretrained(str(tmp_path / "sharded"))
-    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
+    for a, b in _paired_leaves(single, sharded):
         assert b.dtype == np.float32
         np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2)  # bf16 rounding only
 
@@ -108,7 +115,7 @@ def test_clip_export_round_trip_through_pytorch(clip_folder, tmp_path):
     np.testing.assert_allclose(want.numpy(), np.asarray(got), atol=1e-4)
     # and back again, bit for bit
     _, reloaded = weights.load_pretrained(str(tmp_path / "out"))
-    for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(reloaded)):
+    for a, b in _paired_leaves(tuned, reloaded):
         np.testing.assert_array_equal(a, b)
 
 
@@ -151,7 +158,7 @@ def test_scan_and_remat_match_unrolled(clip_folder):
     np.testing.assert_allclose(loss(params, model), loss(scanned_params, scanned), rtol=1e-5)
     grads = jax.grad(loss)(params, model)
     scanned_grads = convert.unstack_layers(jax.grad(loss)(scanned_params, scanned))
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(scanned_grads)):
+    for a, b in _paired_leaves(grads, scanned_grads):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
@@ -182,11 +189,35 @@ def test_clip_variants_have_published_sizes(arch):
     assert _param_count(model, weights.clip.SPEC) == CLIP_PARAMS[arch]
 
 
+# Parameter totals of the released DINOv2 backbones as Hugging Face's Dinov2Model holds them
+# (facebook/dinov2-{small,base,large,giant}: sum of numel over the loaded model, including the mask
+# token and the 37x37+1 position table), published rounded in the DINOv2 paper and model card
+# (Oquab et al. 2023, arXiv:2304.07193; github.com/facebookresearch/dinov2 MODEL_CARD.md) as
+# 21 M, 86 M, 300 M and 1,100 M. The register variants (Darcet et al. 2023, arXiv:2309.16588) add
+# four register tokens of the model width to the same backbone.
+DINOV2_PARAMS = {"dinov2_s14": 22_056_576, "dinov2_b14": 86_580_480, "dinov2_l14": 304_368_640,
+                 "dinov2_g14": 1_136_480_768}
+DINOV2_PARAMS_ROUNDED = {"dinov2_s14": 21e6, "dinov2_b14": 86e6, "dinov2_l14": 300e6, "dinov2_g14": 1100e6}
+DINOV2_WIDTH = {"dinov2_s14": 384, "dinov2_b14": 768, "dinov2_l14": 1024, "dinov2_g14": 1536}
+
+
+@pytest.mark.parametrize("variant", ["dinov2_s14", "dinov2_b14", "dinov2_l14", "dinov2_g14",
+                                     "dinov2_s14_reg", "dinov2_g14_reg"])
+def test_dinov2_variants_have_published_sizes(variant):
+    base = variant.removesuffix("_reg")
+    count = _param_count(vit.VisionTransformer(vit.vit_config(variant)), weights.dinov2.SPEC)  # eval_shape only
+    registers = 4 * DINOV2_WIDTH[base] if variant.endswith("_reg") else 0
+    assert count == DINOV2_PARAMS[base] + registers
+    # and the model card's loose figures (it writes "21 M" for ViT-S/14's 22.06 M), within 6 %
+    assert abs(count - DINOV2_PARAMS_ROUNDED[base]) / DINOV2_PARAMS_ROUNDED[base] < 0.06
+
+
 @pytest.mark.parametrize("variant", ["dinov2_s14", "dinov2_b14", "dinov2_l14", "dinov2_g14",
                                      "dinov2_s14_reg", "dinov2_g14_reg"])
 def test_full_size_dinov2_variants_load_hf_architecture(variant):
     """The Hugging Face model built (on the meta device) from our variant's config has exactly
-    the tensors our strict loader expects, at full size, without allocating them."""
+    the tensor names and shapes our strict loader expects, at full size, without allocating them.
+    Sizes are checked against published numbers above, not here: this config is our own."""
     config = vit.vit_config(variant)
     hf_config = weights.dinov2.config_to_hf(config)
     model_cls = (transformers.Dinov2WithRegistersModel if config.num_registers else transformers.Dinov2Model)
@@ -199,7 +230,6 @@ def test_full_size_dinov2_variants_load_hf_architecture(variant):
     module = vit.VisionTransformer(config)
     expected = weights.init_params_shapes(module, weights.dinov2.SPEC)
     weights.convert.hf_to_flax(tensors, expected, weights.dinov2.SPEC, source=variant)
-    assert sum(math.prod(v.shape) for v in tensors.values()) == _param_count(module, weights.dinov2.SPEC)
 
 
 def _as_saved(tensors):
