@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-[ $# -ge 3 ] && [ "$3" = "--" ] || usage
+if [ $# -lt 3 ] || [ "$3" != "--" ]; then usage; fi
 TPU=$1 ZONE=$2
 shift 3
 if [ $# -eq 0 ]; then
@@ -47,7 +47,8 @@ fi
 
 ID=${NAME:-fungizsl-$(date -u +%Y%m%d-%H%M%S)-$RANDOM}
 [[ "$ID" =~ ^[A-Za-z0-9._-]+$ ]] || { echo "--name may hold only letters, digits, '.', '_' and '-'" >&2; exit 2; }
-REMOTE_DIR="~/fungizsl-runs/$ID"  # expanded by the worker's shell
+# shellcheck disable=SC2088  # the ~ is for the worker's shell to expand, not ours
+REMOTE_DIR="~/fungizsl-runs/$ID"
 REMOTE_TGZ="/tmp/fungizsl-src-$ID.tgz"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LOCAL_TMP=$(mktemp -d)

@@ -32,7 +32,8 @@ case "${1:-}" in
       exit 1
     fi
     mkdir -p logs
-    export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TF_CPP_MIN_LOG_LEVEL=3
+    export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
+    export TF_CPP_MIN_LOG_LEVEL=3
     export PYTHONPATH="$PWD" FUNGIZSL_MULTIHOST=1 PYTHONUNBUFFERED=1
     # setsid: its own session and process group, so the run outlives the ssh session and `stop`
     # can signal the whole group; in a non-interactive shell setsid execs without forking, so $!
