@@ -191,7 +191,8 @@ def test_clip_variants_have_published_sizes(arch):
 
 # Parameter totals of the released DINOv2 backbones as Hugging Face's Dinov2Model holds them
 # (facebook/dinov2-{small,base,large,giant}: sum of numel over the loaded model, including the mask
-# token and the 37x37+1 position table), published rounded in the DINOv2 paper and model card
+# token and the 37x37+1 position table; counts of the released checkpoints, which no paper prints),
+# published only rounded, in the DINOv2 paper and model card
 # (Oquab et al. 2023, arXiv:2304.07193; github.com/facebookresearch/dinov2 MODEL_CARD.md) as
 # 21 M, 86 M, 300 M and 1,100 M. The register variants (Darcet et al. 2023, arXiv:2309.16588) add
 # four register tokens of the model width to the same backbone.
