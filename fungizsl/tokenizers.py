@@ -256,13 +256,15 @@ def train_bpe_tokenizer(
 ) -> ClipStyleTokenizer:
     """Train a lowercase byte-level BPE on ``texts``, save it in ``out_dir`` and return it loaded.
 
-    The vocabulary holds the 256 byte symbols, ``<|pad|>`` (id 0), ``<|startoftext|>``,
-    ``<|endoftext|>`` and at most ``vocab_size - 259`` merges. ``out_dir`` gets ``tokenizer.json``
+    The vocabulary holds ``<|pad|>`` (id 0), ``<|endoftext|>`` (id 1), ``<|startoftext|>`` (id 2),
+    the 256 byte symbols and at most ``vocab_size - 259`` merges. End-of-text is deliberately not
+    id 2: Hugging Face's CLIP reads ``eos_token_id == 2`` as the legacy OpenAI config and then
+    pools at ``argmax(input_ids)``, which would pool exported from-scratch models at the wrong token. ``out_dir`` gets ``tokenizer.json``
     (loadable by the ``tokenizers`` library alone) and a small ``fungizsl_tokenizer.json`` recording
     the context length.
     """
     texts = _checked_texts(texts)
-    special_tokens = [PAD_TOKEN, START_TOKEN, END_TOKEN]
+    special_tokens = [PAD_TOKEN, END_TOKEN, START_TOKEN]  # ids 0, 1, 2 (see the docstring)
     smallest_vocab = len(pre_tokenizers.ByteLevel.alphabet()) + len(special_tokens)
     if vocab_size < smallest_vocab:
         raise ValueError(

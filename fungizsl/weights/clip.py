@@ -51,6 +51,10 @@ def config_from_hf(hf: dict, dtype: str = "float32", scan: bool = False, remat: 
 
 def config_to_hf(cfg: two_towers.ClipConfig) -> dict:
     v, t = cfg.vision, cfg.text
+    if t.eot_token_id == 2:  # HF would read it as the legacy OpenAI config and pool at argmax(ids)
+        raise ValueError("a CLIP text tower whose end-of-text id is 2 cannot be exported to Hugging Face "
+                         "(it would pool at argmax(input_ids)); retrain its tokenizer with this version "
+                         "of fungizsl.tokenizers.train_bpe_tokenizer, which puts end-of-text at id 1")
     return {
         "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": cfg.projection_dim,
         "logit_scale_init_value": cfg.logit_scale_init,
