@@ -21,7 +21,8 @@ from fungizsl.data.transforms import DecodeImage, EvalResize, RandomAugment
 def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size: int = 224,
                        augment="natural", normalization="clip", captions_by_class=None,
                        class_names: Sequence[str] | None = None, tokenizer=None,
-                       context_length: int | None = None, num_epochs: int | None = None,
+                       context_length: int | None = None, caption_seed: int | None = None,
+                       num_epochs: int | None = None,
                        shuffle: bool = True, image_key: str = "image", label_key: str | None = None,
                        process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
     """The batched training ``grain.MapDataset`` of one process (``ds[step]`` is batch ``step``).
@@ -34,7 +35,8 @@ def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size:
     :class:`~fungizsl.data.augment.AugmentConfig` or a mapping of its fields. ``normalization``:
     ``"clip"``, ``"imagenet"``, ``"unit"`` or ``(mean, std)``. ``captions_by_class``: dict class ->
     texts (or a caption source); needs ``tokenizer`` (object or folder) and ``class_names`` (unless
-    the source has them). ``num_epochs=None`` repeats forever; a finite count keeps only whole
+    the source has them). ``caption_seed`` (default ``seed``) keys the caption draws apart from the
+    shuffle and augmentation, so a trainer can keep them with its data seed. ``num_epochs=None`` repeats forever; a finite count keeps only whole
     global batches. ``process_index``/``process_count`` default to JAX's.
     """
     num_records = check_source(source)
@@ -67,7 +69,8 @@ def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size:
     else:
         ds = ds.random_map(RandomAugment(config, image_size, norm), seed=op_seed(seed, "augment"))
     if table is not None:
-        ds = ds.random_map(SampleCaption(table), seed=op_seed(seed, "caption"))
+        caption_seed = seed if caption_seed is None else check_int("caption_seed", caption_seed, minimum=0)
+        ds = ds.random_map(SampleCaption(table), seed=op_seed(caption_seed, "caption"))
     ds = ds[process_index::process_count]
     return ds.batch(local_batch, drop_remainder=True)
 
