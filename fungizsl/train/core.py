@@ -178,7 +178,7 @@ def build(config, task: Task, mesh) -> Trainable:
         params = optax.apply_updates(state["params"], updates)
         if task.post_update is not None:
             params = task.post_update(params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         # A bad step leaves the state as it was; the host sees nonfinite_step and stops.
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
