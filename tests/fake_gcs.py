@@ -2,8 +2,9 @@
 
 `install(root)` makes `gs://bucket/path` live at `<root>/bucket/path` for the two layers that touch
 storage: etils.epath (through fsspec, protocol "gs"/"gcs", here a local filesystem rooted at
-`root`) and Orbax's TensorStore array I/O (its GCS kvstore spec is replaced by a file kvstore at
-the same place; and a bucket-property query of the GCS client is answered). Everything else in the code under test sees only `gs://` strings, so any
+`root`) and Orbax's TensorStore array I/O (paths are mapped to that place before Orbax builds its
+TensorStore spec; a bucket-property query of the GCS client is answered). Everything else in the
+code under test sees only `gs://` strings, so any
 `open()`/`os.makedirs()` on a workdir path would create a stray local `gs:` folder instead (the
 tests check that none appears).
 """

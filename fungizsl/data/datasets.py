@@ -36,8 +36,8 @@ def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size:
     ``"clip"``, ``"imagenet"``, ``"unit"`` or ``(mean, std)``. ``captions_by_class``: dict class ->
     texts (or a caption source); needs ``tokenizer`` (object or folder) and ``class_names`` (unless
     the source has them). ``caption_seed`` (default ``seed``) keys the caption draws apart from the
-    shuffle and augmentation, so a trainer can keep them with its data seed. ``num_epochs=None`` repeats forever; a finite count keeps only whole
-    global batches. ``process_index``/``process_count`` default to JAX's.
+    shuffle and augmentation, so a trainer can keep them with its data seed. ``num_epochs=None``
+    repeats forever; a finite count keeps only whole global batches. ``process_index``/``process_count`` default to JAX's.
     """
     num_records = check_source(source)
     process_index, process_count = process_slot(process_index, process_count)

@@ -1,4 +1,6 @@
-"""The Grain input pipeline (a facade over the modules that build it): records -> shuffled, sharded, augmented, captioned numpy batches.
+"""The Grain input pipeline: records -> shuffled, sharded, augmented, captioned numpy batches.
+
+This module is a facade over the small modules that build it (listed below).
 
 It feeds both systems of this package:
 

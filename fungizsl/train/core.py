@@ -26,8 +26,8 @@ Contract
   there, through epath, from process 0 only) and ``None`` during training.
 * ``post_update(params) -> params`` (optional): applied inside the step after the optimizer (e.g.
   clamping CLIP's logit scale).
-* ``export(variables, out_dir)`` (optional): called on process 0 with host numpy variables of
-  the finally evaluated checkpoint; ``out_dir`` is ``<workdir>/export`` style epath (``hf_export``).
+* ``export(variables, workdir)`` (optional): called on process 0 with host numpy variables of
+  the checkpoint the final evaluation used; write under ``workdir`` (an epath), e.g. ``hf_export/``.
 * ``summarise(results) -> dict`` (optional): the headline numbers written to ``summary.json``.
 * ``make_optimizer(abstract_params) -> (optax transform, lr schedule)`` (optional; default
   :func:`default_optimizer` reads ``config.lr``, ``config.wd``, ``config.optim.*``).

@@ -136,7 +136,8 @@ def init_fn(model):
 def embed_split(encode_fn, params, iterator, mesh, desc):
     """Normalised image and paired-caption embeddings of one evaluation split, on every host."""
     zimg, ztxt, labels = [], [], []
-    for batch in tqdm(iterator, desc=desc, leave=False, disable=not (workdir_lib.is_main() and sys.stderr.isatty())):
+    quiet = not (workdir_lib.is_main() and sys.stderr.isatty())  # no bar in logs (CI, SLURM)
+    for batch in tqdm(iterator, desc=desc, leave=False, disable=quiet):
         placed = placement.to_global_batch(batch, mesh)
         zi, zt = encode_fn(params, placed["image"], placed["input_ids"])
         zi, zt, label, valid = multihost_utils.process_allgather(

@@ -129,7 +129,8 @@ class FungalZSLData:
     def train_iterator(self, tokenizer):
         return pipeline.make_train_iterator(
             self.source("train"), global_batch_size=self.config.batch_size, seed=self.config.seed,
-            caption_seed=self.data_seed, image_size=self.data.image_size, augment=self.data.augment, captions_by_class=self.train_captions,
+            caption_seed=self.data_seed, image_size=self.data.image_size, augment=self.data.augment,
+            captions_by_class=self.train_captions,
             class_names=self.class_names, tokenizer=tokenizer, worker_count=self.data.worker_count)
 
     def eval_iterator(self, split: str, batch_size: int, tokenizer):
