@@ -13,11 +13,12 @@ from absl import app, flags
 from absl import logging as logging_absl
 from ml_collections import config_flags
 
-TRAINERS = {"fungalzsl": "fungizsl.train.fungalzsl"}
+TRAINERS = {"fungalzsl": "fungizsl.train.fungalzsl", "evaluate": "fungizsl.train.evaluate_only"}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, with :args", lock_config=True)
 flags.DEFINE_string("workdir", None, "where checkpoints, metrics and plots go; an existing run resumes")
-flags.DEFINE_string("trainer", "fungalzsl", f"which trainer runs the config: {sorted(TRAINERS)}")
+flags.DEFINE_string("trainer", "fungalzsl", f"which trainer runs the config: {sorted(TRAINERS)} "
+                    "(a config's own `trainer` field wins unless this flag is given)")
 flags.DEFINE_bool("multihost", os.environ.get("FUNGIZSL_MULTIHOST") == "1",
                   "call jax.distributed.initialize() (coordinator from the TPU/SLURM environment or "
                   "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
@@ -47,16 +48,17 @@ def main(argv) -> None:
         initialize_distributed()
     import importlib
 
-    if FLAGS.trainer not in TRAINERS:
-        raise app.UsageError(f"--trainer={FLAGS.trainer!r}: known trainers are {sorted(TRAINERS)}")
-    trainer = importlib.import_module(TRAINERS[FLAGS.trainer])
+    name = FLAGS.trainer if FLAGS["trainer"].present else _CONFIG.value.get("trainer", FLAGS.trainer)
+    if name not in TRAINERS:
+        raise app.UsageError(f"trainer {name!r}: known trainers are {sorted(TRAINERS)}")
+    trainer = importlib.import_module(TRAINERS[name])
     summary = trainer.train_and_evaluate(_CONFIG.value, FLAGS.workdir)
     from fungizsl.evaluate import metrics_io
 
     import jax
     if jax.process_index() == 0:
         metrics_io.print_table({k: v for k, v in summary.items() if k != "confusion_matrix"},
-                               title=f"{FLAGS.trainer} summary ({FLAGS.workdir})")
+                               title=f"{name} summary ({FLAGS.workdir})")
 
 
 def run(argv: list[str] | None = None) -> None:
