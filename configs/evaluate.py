@@ -10,6 +10,8 @@ Arguments after the colon:
                separated by ';' give one comparison table and plot
   images       a class-folder of images (root/<class>/<image>, any size)
   tfds         builder:config:split of a prepared TFDS dataset (instead of images), with tfds_dir
+  csv          a CSV listing images (instead of images): image_column, label_column, image_root
+               (default <csv folder>/images), e.g. Mushroom Observer's images.csv
   prompts      comma-free list joined by '+': auto | templates | names | lineage | descriptions |
                fungalzsl_generated | fungalzsl_split | <file.jsonl>  (default auto: growth-stage
                templates for spore/hyphae/mycelium..., generic name prompts otherwise)
@@ -29,7 +31,8 @@ from configs.common import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, model="", images="", tfds="", tfds_dir="", prompts="auto", taxonomy="",
+    arg = parse_arg(arg, model="", images="", tfds="", tfds_dir="", csv="", image_column="image_lien",
+                    label_column="label", image_root="", prompts="auto", taxonomy="",
                     class_column="", chils="", descriptions="", openset=0, poisonous="", captions_dir="")
     config = ml_collections.ConfigDict()
     config.trainer = "evaluate"
@@ -39,7 +42,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.prompts = ",".join(p for p in arg.prompts.split("+") if p)
 
     config.data = ml_collections.ConfigDict()
-    config.data.kind = "tfds" if arg.tfds else "folder"
+    config.data.kind = "tfds" if arg.tfds else "csv" if arg.csv else "folder"
+    config.data.csv = arg.csv
+    config.data.image_column = arg.image_column
+    config.data.label_column = arg.label_column
+    config.data.image_root = arg.image_root
     config.data.images = arg.images
     builder, config_name, split = (arg.tfds.split(":") + ["", "", ""])[:3] if arg.tfds else ("", "", "")
     if arg.tfds and not (builder and split):

@@ -12,7 +12,9 @@ Data (`config.data.kind`):
   * "folder": a class-folder of images of any size (`root/<class>/<image>`); class names are the
     folder names (sorted, or `config.data.class_names`);
   * "tfds": a split of a prepared TFDS builder of `fungizsl.data.builders`
-    (`tfds_builder`, `tfds_config`, `tfds_dir`, `split`).
+    (`tfds_builder`, `tfds_config`, `tfds_dir`, `split`);
+  * "csv": images listed in a CSV with a label column (`csv`, `image_column`, `label_column`,
+    `image_root`), e.g. Mushroom Observer's images.csv.
 Images are resized and center-cropped to the model's input size with CLIP normalisation (the
 evaluation transform of the training pipeline). A file that does not decode stops the run with
 an error naming it.
@@ -257,13 +259,47 @@ def tfds_images(builder: str, config: str, split: str, data_dir: str) -> ImageSe
                     [f"{split}[{i}]" for i in range(len(records))])
 
 
+def csv_images(path: str, image_column: str, label_column: str, image_root: str = "",
+               class_names: Sequence[str] | None = None) -> ImageSet:
+    """Images listed in a CSV (Mushroom Observer's images.csv, FungiCLEF metadata): one row per
+    image, `image_column` a path relative to `image_root` (default: `<csv folder>/images`),
+    `label_column` the class name. A repeated column name refers to its first occurrence."""
+    import csv as csv_lib
+
+    csv_path = epath.Path(path)
+    with csv_path.open() as f:
+        reader = csv_lib.reader(f)
+        header = next(reader)
+        rows = [dict(reversed(list(zip(header, values)))) for values in reader]
+    for column in (image_column, label_column):
+        if column not in header:
+            raise KeyError(f"{path}: no column {column!r}; columns: {header}")
+    root = epath.Path(image_root) if image_root else csv_path.parent / "images"
+    rows = [r for r in rows if r[label_column].strip()]
+    names = list(class_names) if class_names else sorted({r[label_column].strip() for r in rows})
+    index = {c: k for k, c in enumerate(names)}
+    rows = [r for r in rows if r[label_column].strip() in index]
+    paths = [root / r[image_column] for r in rows]
+    missing = [os.fspath(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: {len(missing)} listed images are missing, e.g. {missing[:3]}")
+    labels = np.asarray([index[r[label_column].strip()] for r in rows], np.int64)
+
+    def load(i):
+        return augment.load_image(paths[i].read_bytes(), where=os.fspath(paths[i]))
+
+    return ImageSet(names, labels, f"csv:{path}", load, [os.fspath(p) for p in paths])
+
+
 def make_image_set(data) -> ImageSet:
     class_names = list(data.get("class_names", ()) or ()) or None
     if data.kind == "folder":
         return folder_images(data.images, class_names)
     if data.kind == "tfds":
         return tfds_images(data.tfds_builder, data.tfds_config, data.split, data.tfds_dir)
-    raise ValueError(f"config.data.kind must be 'folder' or 'tfds', got {data.kind!r}")
+    if data.kind == "csv":
+        return csv_images(data.csv, data.image_column, data.label_column, data.image_root, class_names)
+    raise ValueError(f"config.data.kind must be 'folder', 'tfds' or 'csv', got {data.kind!r}")
 
 
 def embed_images(model: LoadedModel, images: ImageSet, batch_size: int, workers: int = 4) -> np.ndarray:
