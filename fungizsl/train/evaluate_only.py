@@ -136,27 +136,56 @@ def load_model(spec: str, batch_size: int = 32) -> LoadedModel:
         module = pool_at_tokenizer_eot(module, tokenizer)
         return _wrap(module, params, tokenizer, name, spec, "hf_clip", batch_size)
     if _is_fungizsl_run(path):
-        from fungizsl.train import fungalzsl
-
+        module, params, tokenizer = load_run(path)
         root = _run_root(path)
-        config_file = root / "fungizsl_config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"model {spec}: {config_file} is missing, so the architecture is unknown")
-        run_config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-        run_config.model.init = os.fspath(path)
-        run_config.model.dtype = "float32"
-        run_config.model.scan = False
-        run_config.model.remat = False
-        module, params, tokenizer, _ = fungalzsl.build_model(run_config, None, os.fspath(root))
-        if params is None:
-            raise FileNotFoundError(f"model {spec}: no checkpoint found")
         name = root.name if path == root else f"{root.name}@{path.name}"
-        return _wrap(module, two_towers_params(params), tokenizer, name, spec, "fungizsl_run", batch_size)
+        return _wrap(module, params, tokenizer, name, spec, "fungizsl_run", batch_size)
     if (path / "hf_export" / "config.json").is_file():
         return load_model(os.fspath(path / "hf_export"), batch_size)
     raise FileNotFoundError(
         f"model {spec!r} is neither a Hugging Face CLIP folder (config.json), a fungizsl workdir "
         f"(checkpoints/), a checkpoint step folder (state/) nor a run with hf_export/")
+
+
+def load_run(path: epath.Path):
+    """(module, params, tokenizer) of a fungizsl FungalZSL run or step folder, rebuilt from the
+    run's fungizsl_config.json and tokenizer/ as `config.model.init=<run>` does for training
+    (float32, layers unrolled)."""
+    import dataclasses as dc
+
+    from fungizsl import tokenizers
+    from fungizsl.models import two_towers
+    from fungizsl.train import checkpoint
+
+    root = _run_root(path)
+    config_file = root / "fungizsl_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"model {os.fspath(path)}: {config_file} is missing; is this a fungizsl run?")
+    run = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    m = run.model
+    tokenizer_dir = root / "tokenizer"
+    if not tokenizer_dir.is_dir() and m.get("init", "scratch") != "scratch":
+        # Initialised from an earlier run: the tokenizer lives in that run's folder.
+        start = epath.Path(m.init)
+        tokenizer_dir = next((p / "tokenizer" for p in (start, *start.parents) if (p / "tokenizer").is_dir()),
+                             tokenizer_dir)
+    if m.get("init", "scratch") != "scratch" and (epath.Path(m.init) / "config.json").is_file():
+        # Fine-tuned from a Hugging Face folder: that folder's architecture and tokenizer.
+        from fungizsl import weights
+
+        module, _ = weights.load_pretrained(m.init)
+        tokenizer = tokenizers.load_tokenizer(m.init, length=module.config.text.context_length)
+    else:
+        tokenizer = tokenizers.load_tokenizer(os.fspath(tokenizer_dir), length=m.text_context)
+        clip = two_towers.clip_config(m.arch)
+        clip = dc.replace(
+            clip, vision=dc.replace(clip.vision, image_size=run.data.image_size,
+                                    patch_size=m.get("patch_size") or clip.vision.patch_size),
+            text=dc.replace(clip.text, vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
+                            context_length=tokenizer.context_length))
+        module = two_towers.ClipModel(clip)
+    params = two_towers_params(checkpoint.load_params(os.fspath(path)))
+    return module, params, tokenizer
 
 
 def pool_at_tokenizer_eot(module, tokenizer):
