@@ -146,3 +146,7 @@ class RetrievalEvaluator:
             image_labels = text_labels = None
         results = retrieval.recall_at_k(zimg, ztxt, image_labels, text_labels, pairs, self.ks)
         yield from ((k, v) for k, v in results.items() if k.split("/", 1)[0] in self.levels)
+
+
+# Evaluation modes in their own modules register themselves on import (after `register` exists).
+from fungizsl.evaluate import decisions, descriptions, openset, taxonomy  # noqa: E402,F401

@@ -1,0 +1,126 @@
+"""Evaluation-only runs (`configs/evaluate.py`): the command as the README writes it, on a tiny
+trained run, its Hugging Face export and a class folder of rendered images of several sizes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import trainer_runs
+from configs import evaluate as evaluate_config
+from fungizsl.data import augment, synthetic
+from fungizsl.evaluate import zeroshot
+from fungizsl.train import evaluate_only
+
+STAGES = ("spore", "hyphae", "mycelium")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny FungalZSL run of 4 steps: checkpoints, tokenizer, config and hf_export/."""
+    workdir = tmp_path_factory.mktemp("run") / "tiny"
+    trainer_runs.finish(trainer_runs.start_training(
+        workdir, "--config.total_steps=4", "--config.warmup_steps=1", "--config.checkpoint_every=4",
+        devices=1))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def class_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    for stage in STAGES:
+        (root / stage).mkdir()
+        for i in range(3):
+            size = (40, 64, 97)[i]
+            image = synthetic.render_image(stage, i, seed=5, config=synthetic.RenderConfig(image_size=size))
+            Image.fromarray(image).resize((size, size + 11 * i)).save(root / stage / f"{i}.png")
+    (root / ".hidden").mkdir()
+    return root
+
+
+def run_main(config_arg, workdir, *flags):
+    env = dict(os.environ, PYTHONPATH=trainer_runs.ROOT, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    out = subprocess.run([sys.executable, "-m", "fungizsl.main", f"--config=configs/evaluate.py:{config_arg}",
+                          f"--workdir={workdir}", *flags], cwd=trainer_runs.ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    return out
+
+
+def test_command_as_written_on_exported_model(tiny_run, class_folder, tmp_path):
+    out = run_main(f"model={tiny_run}/hf_export,images={class_folder}", tmp_path / "eval")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "eval")) == ["confusion_matrix.png", "summary.json"]
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["num_images"] == 9 and summary["data"]["class_names"] == sorted(STAGES)
+    assert summary["model"]["kind"] == "hf_clip" and summary["prompts"] == ["templates"]
+    confusion = np.asarray(summary["confusion_matrix"])
+    assert confusion.sum() == 9 and confusion.sum(axis=1).tolist() == [3, 3, 3]
+    assert summary["zeroshot_accuracy"] == pytest.approx(np.trace(confusion) / 9, abs=1e-6)
+    assert summary["per_class_accuracy"]["hyphae"] == pytest.approx(confusion[0, 0] / 3, abs=1e-6)
+
+    # The same numbers computed here from the model's own encoders.
+    model = evaluate_only.load_model(f"{tiny_run}/hf_export")
+    images = evaluate_only.folder_images(str(class_folder))
+    norm = augment.get_normalization("clip")
+    pixels = np.stack([augment.eval_image(images.load(i), model.image_size, norm) for i in range(len(images))])
+    prompts = evaluate_only.prompts_for("templates", images.class_names, evaluate_config.get_config().data)
+    direct = zeroshot.zero_shot_evaluate(model.encode_images, model.encode_texts, pixels, images.labels,
+                                         prompts, progress=False)
+    assert summary["zeroshot_accuracy"] == pytest.approx(direct["accuracy"], abs=1e-6)
+    assert Image.open(tmp_path / "eval" / "confusion_matrix.png").size[0] > 100
+
+
+def test_several_models_give_one_comparison_and_checkpoint_equals_export(tiny_run, class_folder, tmp_path):
+    step = tiny_run / "checkpoints" / "4"
+    out = run_main(f"model={tiny_run}/hf_export;{tiny_run};{step},images={class_folder},chils=phrases,"
+                   f"openset=1,poisonous=spore", tmp_path / "cmp")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| model | zeroshot_accuracy |" in out.stdout
+    files = sorted(os.listdir(tmp_path / "cmp"))
+    assert files == ["comparison.json", "comparison.png", "confusion_matrix_0_tiny-hf.png",
+                     "confusion_matrix_1_tiny.png", "confusion_matrix_2_tiny@4.png", "summary.json"]
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    export, run, step_model = summary["models"]
+    assert [m["model"]["kind"] for m in summary["models"]] == ["hf_clip", "fungizsl_run", "fungizsl_run"]
+    # The exported folder and the checkpoint hold the same weights: the same predictions.
+    assert export["confusion_matrix"] == run["confusion_matrix"] == step_model["confusion_matrix"]
+    evals = run["evals"]
+    assert set(evals) == {"chils", "openset", "decisions"}
+    assert 0.0 <= evals["chils"]["reweighted/accuracy"] <= 1.0
+    assert evals["openset"]["num_known"] == 6 and evals["openset"]["num_unknown"] == 3
+    assert evals["decisions"]["num_images"] == 9
+    assert evals["decisions"]["expected_cost/poison_cost"] <= evals["decisions"]["argmax/poison_cost"] + 1e-9
+    assert len(json.loads((tmp_path / "cmp" / "comparison.json").read_text())) == 3
+
+
+def test_corrupt_image_error_names_the_file(tiny_run, class_folder, tmp_path):
+    broken = tmp_path / "broken"
+    for stage in STAGES:
+        (broken / stage).mkdir(parents=True)
+        Image.open(class_folder / stage / "0.png").save(broken / stage / "0.png")
+    (broken / "hyphae" / "bad.jpg").write_bytes(b"not a jpeg at all")
+    config = evaluate_config.get_config(f"model={tiny_run}/hf_export,images={broken}")
+    with pytest.raises(augment.CorruptImageError, match="bad.jpg"):
+        evaluate_only.train_and_evaluate(config, str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_bad_model_and_folder_errors(tmp_path, class_folder):
+    with pytest.raises(FileNotFoundError, match="neither a Hugging Face CLIP folder"):
+        evaluate_only.load_model(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no images for classes"):
+        evaluate_only.folder_images(str(class_folder), ["spore", "conidia"])
+    with pytest.raises(ValueError, match="config.models is empty"):
+        evaluate_only.model_specs(evaluate_config.get_config(f"images={class_folder}"))
+    with pytest.raises(ValueError, match="builder:config:split"):
+        evaluate_config.get_config("tfds=image_folder")
+
+
+def test_trainer_flag_still_wins_over_config_field(tmp_path, class_folder):
+    out = run_main(f"images={class_folder}", tmp_path / "x", "--trainer=nope")
+    assert out.returncode != 0 and "trainer 'nope'" in out.stderr
