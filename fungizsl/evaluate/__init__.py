@@ -176,7 +176,13 @@ class FungiClefObservationEvaluator:
 
     def run(self, *, logits, image_mask, labels, observation_ids=None, poisonous_by_class=None,
             raw_features=None, train_raw_features=None, train_raw_labels=None, metadata_scores=None,
-            **unused) -> Iterator[tuple[str, Any]]:
+            valid=None, **unused) -> Iterator[tuple[str, Any]]:
+        if valid is not None:  # drop padded observations
+            keep = np.asarray(valid, bool)
+            logits, image_mask, labels = np.asarray(logits)[keep], np.asarray(image_mask)[keep], np.asarray(labels)[keep]
+            observation_ids = None if observation_ids is None else np.asarray(observation_ids)[keep]
+            raw_features = None if raw_features is None else np.asarray(raw_features)[keep]
+            metadata_scores = None if metadata_scores is None else np.asarray(metadata_scores)[keep]
         labels = np.asarray(labels)
         scores = observations.pool_observations(logits, image_mask, self.pooling)
         if self.submission_path and observation_ids is not None:
