@@ -10,7 +10,7 @@ Representation Learning and Multimodal Fusion", 2nd place). Examples:
 
 Arguments after the colon:
   metadata_only  stage 2 without images, on config.data.train_csv / eval_csv
-  runlocal       the full system, CPU-sized, on the synthetic species set
+  runlocal       the full system, CPU-sized, on the synthetic species set (not wired yet: refused)
 """
 
 import ml_collections
@@ -77,7 +77,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.metadata_only:
         _metadata_only(config)
         return config
-    from configs.fungiclef_system import full_system
+    # The full system (features -> DWCL stage 1 -> Q-Former stage 2 on images) has its components
+    # (fungizsl/models/fewshot.py, fungizsl/train/fungiclef_stage1.py, fungizsl/fungiclef/) but no
+    # trainer wired on the core yet: refuse plainly instead of running something else.
+    from fungizsl.errors import ConfigError
 
-    full_system(config, runlocal=arg.runlocal)
-    return config
+    raise ConfigError("configs/fungiclef.py: only the 'metadata_only' system is wired end to end so far; "
+                      "use --config=configs/fungiclef.py:metadata_only")

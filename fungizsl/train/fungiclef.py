@@ -10,7 +10,8 @@ Contrastive Representation Learning and Multimodal Fusion", 2nd place), on the s
   the logits with a learned scale; the prior of a training observation leaves that observation
   out. Checkpoints are selected on a temporal hold-out of the training observations; the final
   numbers come from `config.data.eval_csv`.
-* `full` (the embedded default and the Kaggle workflow): see `fungiclef_system.py`.
+* `full` (features -> stage 1 -> stage 2 on images): its parts exist (`models/fewshot.py`,
+  `train/fungiclef_stage1.py`) but are not wired into a trainer yet.
 """
 
 from __future__ import annotations
@@ -241,8 +242,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         if not config.get("refit_on_all", False):
             return summary
         return refit_on_all(config, workdir, mesh, train_table, eval_table, summary)
-    if config.system == "full":
-        from fungizsl.train import fungiclef_system
-
-        return fungiclef_system.train_and_evaluate(config, workdir)
-    raise ValueError(f"config.system must be 'metadata_only' or 'full', got {config.system!r}")
+    raise ValueError(f"config.system must be 'metadata_only' (the only system wired so far), got {config.system!r}")
