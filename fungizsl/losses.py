@@ -188,3 +188,87 @@ def clip_loss_sharded(mesh: Mesh, class_aware: bool = False, combine: str = "mea
         return mapped(zimg, ztxt, jnp.asarray(scale, jnp.float32), labels)
 
     return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Few-shot FungiCLEF 2025: supervised contrastive loss and the Dynamic Weighting Contrastive Loss
+# ---------------------------------------------------------------------------------------------
+#
+# Lu et al., "Few-Shot Classification of Fungi Species Using Contrastive Representation Learning
+# and Multimodal Fusion" (FungiCLEF 2025, 2nd place), equation (3):
+#
+#   L = 1 / sum_{i in A} w_i * sum_{i in A} w_i * 1/|P(i)| * sum_{j in P(i)}
+#           -log( exp(S_ij / tau) / sum_{k not in F(i)} exp(S_ik / tau) )
+#
+# with S = cosine similarities of the L2-normalised features, P(i) = {j != i : y_j = y_i} the
+# positives, F(i) = {i} + {k : mask_k = 0} the excluded columns, A the anchors with enough
+# positives, and w_i = sigmoid(H(p_i)) an entropy weight. With all w_i equal it is the
+# supervised contrastive loss L_out of Khosla et al. 2020 ("Supervised Contrastive Learning").
+#
+# The paper writes A = {i : |P(i)| >= 2}; its own sampler guarantees only two instances per class
+# (one positive each), under which that set would be empty, so `min_positives` defaults to 1
+# ("anchors without a positive are left out"); min_positives=2 is the literal reading.
+
+
+def entropy_weights(class_logits: jax.Array) -> jax.Array:
+    """w_i = sigmoid(H(softmax(class_logits_i))), with no gradient flowing through it.
+
+    H is the Shannon entropy in nats, so w lies in [0.5, 1): confident predictions get 0.5,
+    uncertain ones approach 1 (for C classes, sigmoid(log C) at the uniform distribution)."""
+    logp = jax.nn.log_softmax(class_logits.astype(jnp.float32), axis=-1)
+    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return jax.lax.stop_gradient(jax.nn.sigmoid(entropy))
+
+
+def dwcl_loss(features: jax.Array, labels: jax.Array, weights: jax.Array | None = None,
+              mask: jax.Array | None = None, temperature: float = 0.07,
+              min_positives: int = 1) -> LossOutput:
+    """Dynamic Weighting Contrastive Loss, equation (3) of Lu et al. (FungiCLEF 2025).
+
+    Args:
+      features: [N, D] features z_i (normalised here, equation (1)).
+      labels: [N] integer classes; rows of one class (augmented copies included) are positives.
+      weights: [N] anchor weights w_i (e.g. `entropy_weights(...)`); None -> all 1 (SupCon).
+        Used as given: pass stop-gradient weights.
+      mask: [N] bool, False for padding rows; they are neither anchors, positives nor part of any
+        denominator. None -> all rows valid.
+      temperature: tau.
+      min_positives: an anchor enters A only with at least this many positives.
+
+    Returns:
+      (loss, metrics): the scalar loss (0 when no row is a valid anchor) and metrics
+      `num_anchors`, `mean_positives`, `mean_weight` (over the anchors).
+    """
+    features = jnp.asarray(features, jnp.float32)
+    n = features.shape[0]
+    if features.ndim != 2 or labels.shape != (n,):
+        raise ValueError(f"features must be [N, D] with labels [N]; got {features.shape} and {labels.shape}")
+    valid = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
+    w = jnp.ones((n,), jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+    z = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+    logits = (z @ z.T) / temperature
+    not_self = ~jnp.eye(n, dtype=bool)
+    columns = not_self & valid[None, :]  # k not in F(i)
+    # A large finite negative, not -inf: rows with no column left (padding) must keep finite
+    # gradients, which jnp.where would otherwise turn into 0 * nan.
+    log_denominator = jax.nn.logsumexp(jnp.where(columns, logits, -1e9), axis=-1)
+    positives = columns & (labels[:, None] == labels[None, :])
+    num_pos = positives.sum(-1)
+    log_prob = logits - log_denominator[:, None]
+    per_anchor = -jnp.sum(jnp.where(positives, log_prob, 0.0), -1) / jnp.maximum(num_pos, 1)
+    anchors = valid & (num_pos >= min_positives) & (num_pos > 0)
+    anchor_w = jnp.where(anchors, w, 0.0)
+    total_w = anchor_w.sum()
+    loss = jnp.where(total_w > 0, jnp.sum(anchor_w * jnp.where(anchors, per_anchor, 0.0))
+                     / jnp.where(total_w > 0, total_w, 1.0), 0.0)
+    count = anchors.sum()
+    safe = jnp.maximum(count, 1)
+    metrics = {"loss": loss, "num_anchors": count.astype(jnp.float32),
+               "mean_positives": jnp.sum(jnp.where(anchors, num_pos, 0)) / safe,
+               "mean_weight": jnp.sum(jnp.where(anchors, w, 0.0)) / safe}
+    return loss, metrics
+
+
+def supcon_loss(features, labels, mask=None, temperature: float = 0.07, min_positives: int = 1) -> LossOutput:
+    """Supervised contrastive loss (Khosla et al. 2020, L_out): `dwcl_loss` with equal weights."""
+    return dwcl_loss(features, labels, None, mask, temperature, min_positives)

@@ -14,12 +14,13 @@ from absl import app, flags
 from absl import logging as logging_absl
 from ml_collections import config_flags
 
-TRAINERS = {"fungalzsl": "fungizsl.train.fungalzsl", "evaluate": "fungizsl.train.evaluate_only"}
+TRAINERS = {"fungalzsl": "fungizsl.train.fungalzsl", "fungiclef": "fungizsl.train.fungiclef",
+            "evaluate": "fungizsl.train.evaluate_only"}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, with :args", lock_config=True)
 flags.DEFINE_string("workdir", None, "where checkpoints, metrics and plots go; an existing run resumes")
-flags.DEFINE_string("trainer", "fungalzsl", f"which trainer runs the config: {sorted(TRAINERS)} "
-                    "(a config's own `trainer` field wins unless this flag is given)")
+flags.DEFINE_string("trainer", None, f"which trainer runs the config: {sorted(TRAINERS)} "
+                    "(default: the config's `trainer` field, else fungalzsl)")
 flags.DEFINE_bool("multihost", os.environ.get("FUNGIZSL_MULTIHOST") == "1",
                   "call jax.distributed.initialize() (coordinator from the TPU/SLURM environment or "
                   "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
@@ -49,10 +50,10 @@ def main(argv) -> None:
     devices.warn_if_cpu_only(_CONFIG.value)
     import importlib
 
-    name = FLAGS.trainer if FLAGS["trainer"].present else _CONFIG.value.get("trainer", FLAGS.trainer)
-    if name not in TRAINERS:
-        raise app.UsageError(f"trainer {name!r}: known trainers are {sorted(TRAINERS)}")
-    trainer = importlib.import_module(TRAINERS[name])
+    trainer_name = FLAGS.trainer or _CONFIG.value.get("trainer", "fungalzsl")
+    if trainer_name not in TRAINERS:
+        raise app.UsageError(f"trainer {trainer_name!r}: known trainers are {sorted(TRAINERS)}")
+    trainer = importlib.import_module(TRAINERS[trainer_name])
     from fungizsl.errors import ConfigError
     from fungizsl.train.core import NonFiniteLossError
 
@@ -66,7 +67,7 @@ def main(argv) -> None:
     import jax
     if jax.process_index() == 0:
         metrics_io.print_table({k: v for k, v in summary.items() if k not in ("confusion_matrix", "selection")},
-                               title=f"{name} summary ({FLAGS.workdir})")
+                               title=f"{trainer_name} summary ({FLAGS.workdir})")
         selection = summary.get("selection")
         if selection:
             print(f"numbers from the {selection.get('split')} split, {selection.get('checkpoint')} checkpoint "

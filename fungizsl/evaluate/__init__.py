@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from fungizsl.evaluate import retrieval, zeroshot
+from fungizsl.evaluate import observations, retrieval, zeroshot
 
 EVALUATORS: dict[str, type] = {}
 
@@ -146,6 +146,69 @@ class RetrievalEvaluator:
             image_labels = text_labels = None
         results = retrieval.recall_at_k(zimg, ztxt, image_labels, text_labels, pairs, self.ks)
         yield from ((k, v) for k, v in results.items() if k.split("/", 1)[0] in self.levels)
+
+
+@register("fungiclef_observations")
+class FungiClefObservationEvaluator:
+    """FungiCLEF 2025 per-observation metrics (Lu et al.; `observations.py` has the definitions).
+
+    Config:
+      ks: Top-K values (default (1, 5, 10)); the competition metric is top5.
+      pooling: how an observation's images are combined for the headline numbers: mean | max |
+        attention (default mean). compare_pooling: also report every pooling (default True).
+      submission_path: if set, the Kaggle CSV of the pooled scores goes there.
+    Inputs: `logits [N_obs, G, C]`, `image_mask [N_obs, G]`, `labels [N_obs]` (-1: unlabelled,
+      only the submission is written), `observation_ids [N_obs]`, optional `poisonous_by_class
+      [C]`; for the organisers' baselines `raw_features [N_obs, G, D]` with `train_raw_features
+      [M, D]`, `train_raw_labels [M]`; for a metadata-only classifier `metadata_scores [N_obs, C]`.
+    Metrics: top{k}, macro_f1, poison_cost, num_observations; pooling/<how>/...; baselines/
+      {nearest_neighbour,prototype,metadata}/...
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        self.ks = tuple(config.get("ks", (1, 5, 10)))
+        self.pooling = config.get("pooling", "mean")
+        if self.pooling not in observations.POOLINGS:
+            raise ValueError(f"fungiclef_observations.pooling must be one of {observations.POOLINGS}, "
+                             f"got {self.pooling!r}")
+        self.compare_pooling = config.get("compare_pooling", True)
+        self.submission_path = config.get("submission_path", None)
+
+    def run(self, *, logits, image_mask, labels, observation_ids=None, poisonous_by_class=None,
+            raw_features=None, train_raw_features=None, train_raw_labels=None, metadata_scores=None,
+            valid=None, **unused) -> Iterator[tuple[str, Any]]:
+        if valid is not None:  # drop padded observations
+            keep = np.asarray(valid, bool)
+            logits, image_mask, labels = np.asarray(logits)[keep], np.asarray(image_mask)[keep], np.asarray(labels)[keep]
+            observation_ids = None if observation_ids is None else np.asarray(observation_ids)[keep]
+            raw_features = None if raw_features is None else np.asarray(raw_features)[keep]
+            metadata_scores = None if metadata_scores is None else np.asarray(metadata_scores)[keep]
+        labels = np.asarray(labels)
+        scores = observations.pool_observations(logits, image_mask, self.pooling)
+        if self.submission_path and observation_ids is not None:
+            observations.write_submission(self.submission_path, observation_ids, scores)
+        labelled = labels >= 0
+        if not labelled.any():
+            return
+        metrics = lambda s: observations.observation_metrics(s[labelled], labels[labelled], self.ks,
+                                                             poisonous_by_class)
+        yield from metrics(scores).items()
+        if self.compare_pooling:
+            for how in observations.POOLINGS:
+                pooled = observations.pool_observations(logits, image_mask, how)
+                for name, value in metrics(pooled).items():
+                    yield f"pooling/{how}/{name}", value
+        if raw_features is not None and train_raw_features is not None:
+            num_classes = np.shape(logits)[-1]
+            for name, fn in (("nearest_neighbour", observations.nearest_neighbour_logits),
+                             ("prototype", observations.prototype_logits)):
+                image_logits = fn(raw_features, train_raw_features, train_raw_labels, num_classes)
+                pooled = observations.pool_observations(image_logits, image_mask, self.pooling)
+                for metric, value in metrics(pooled).items():
+                    yield f"baselines/{name}/{metric}", value
+        if metadata_scores is not None:
+            for metric, value in metrics(np.asarray(metadata_scores)).items():
+                yield f"baselines/metadata/{metric}", value
 
 
 # Evaluation modes in their own modules register themselves on import (after `register` exists).

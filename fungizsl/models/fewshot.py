@@ -1,0 +1,144 @@
+"""The two models of the FungiCLEF 2025 few-shot system (Lu et al., 2nd place).
+
+* `TokenEncoder` (stage 1): frozen image-tower tokens [B, T, D] -> a linear projection to
+  `width` (2048 in the paper), a learnable CLS token, `depth` Transformer encoder layers (1 layer,
+  16 heads in the paper) and a final LayerNorm. Its CLS output is the embedding trained with the
+  Dynamic Weighting Contrastive Loss; its token outputs feed stage 2. `token_mask` drops tokens
+  (feature-level augmentation; padding). `CosineClassifier` is the auxiliary head whose softmax
+  gives the p_i of DWCL's entropy weight.
+* `FusionClassifier` (stage 2): the stage-1 tokens (a `TokenEncoder` inside, frozen or tuned),
+  metadata tokens (BERT token states of the rendered sentence, and/or one embedding per categorical
+  field plus a projection of numeric features) and a `QFormer`; the mean of the query outputs goes
+  to a linear classifier trained with cross-entropy. Either modality may be absent: `use_visual`
+  False is the metadata-only model.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fungizsl.models import layers
+from fungizsl.models.qformer import QFormer
+
+
+class TokenEncoder(nn.Module):
+    width: int = 2048
+    depth: int = 1
+    num_heads: int = 16
+    mlp_ratio: int = 4
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, token_mask: jax.Array | None = None) -> dict[str, jax.Array]:
+        x = nn.Dense(self.width, dtype=self.dtype, name="proj")(tokens.astype(self.dtype))
+        cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, self.width))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)).astype(x.dtype), x], 1)
+        mask = None
+        if token_mask is not None:
+            keep = jnp.concatenate([jnp.ones((x.shape[0], 1), bool), token_mask.astype(bool)], 1)
+            mask = keep[:, None, None, :]
+        block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_ratio * self.width, mlp_act="gelu",
+                     layer_norm_eps=1e-6, pre_norm=True, dtype=self.dtype)
+        x = layers.Encoder(self.depth, block, name="encoder")(x, mask)
+        x = layers.layer_norm(1e-6, "norm")(x)
+        return {"embedding": x[:, 0], "tokens": x}
+
+
+class CosineClassifier(nn.Module):
+    """Logits = scale * cos(feature, class weight)."""
+
+    num_classes: int
+    scale: float = 16.0
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        w = self.param("weights", nn.initializers.normal(1.0), (features.shape[-1], self.num_classes))
+        f = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-6)
+        w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-6)
+        return self.scale * f.astype(jnp.float32) @ w
+
+
+class Stage1Model(nn.Module):
+    """TokenEncoder + the auxiliary cosine classifier (whose entropy weighs DWCL's anchors)."""
+
+    num_classes: int
+    width: int = 2048
+    depth: int = 1
+    num_heads: int = 16
+    dtype: str = "float32"
+
+    def setup(self):
+        self.encoder = TokenEncoder(self.width, self.depth, self.num_heads, dtype=self.dtype)
+        self.aux_classifier = CosineClassifier(self.num_classes)
+
+    def __call__(self, tokens, token_mask=None):
+        out = self.encoder(tokens, token_mask)
+        out["aux_logits"] = self.aux_classifier(jax.lax.stop_gradient(out["embedding"]))
+        return out
+
+    def encode(self, tokens, token_mask=None):
+        return self.encoder(tokens, token_mask)
+
+
+class FusionClassifier(nn.Module):
+    num_classes: int
+    use_visual: bool = True
+    use_text: bool = True  # BERT token states of the metadata sentence
+    field_sizes: Sequence[int] = ()  # one embedding table per categorical field (empty: none)
+    num_numeric: int = 0
+    encoder_width: int = 2048
+    encoder_depth: int = 1
+    encoder_heads: int = 16
+    width: int = 256
+    depth: int = 2
+    num_heads: int = 8
+    num_queries: int = 8
+    dropout: float = 0.1
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, batch: dict, train: bool = False) -> dict[str, jax.Array]:
+        memories, masks = {}, {}
+        if self.use_visual:
+            enc = TokenEncoder(self.encoder_width, self.encoder_depth, self.encoder_heads, dtype=self.dtype,
+                               name="visual_encoder")(batch["tokens"], batch.get("token_mask"))
+            visual = enc["tokens"]
+            memories["visual"] = nn.Dense(self.width, dtype=self.dtype, name="visual_proj")(visual)
+            vmask = jnp.ones(visual.shape[:2], bool)
+            if "token_mask" in batch:
+                vmask = vmask.at[:, 1:].set(batch["token_mask"].astype(bool))
+            masks["visual"] = vmask
+        meta, meta_mask = [], []
+        if self.use_text:
+            text = batch["text_states"]
+            meta.append(nn.Dense(self.width, dtype=self.dtype, name="text_proj")(text.astype(self.dtype)))
+            meta_mask.append(batch["text_mask"].astype(bool))
+        if self.field_sizes:
+            ids = batch["field_ids"]
+            for j, size in enumerate(self.field_sizes):
+                emb = nn.Embed(size, self.width, embedding_init=nn.initializers.normal(0.02),
+                               name=f"field_{j}")(ids[:, j])
+                meta.append(emb[:, None])
+                meta_mask.append(ids[:, j:j + 1] > 0)
+        if self.num_numeric:
+            numeric = nn.Dense(self.width, dtype=self.dtype, name="numeric_proj")(batch["numeric"])
+            meta.append(numeric[:, None])
+            meta_mask.append(jnp.ones((numeric.shape[0], 1), bool))
+        if meta:
+            memories["text"] = jnp.concatenate(meta, 1)
+            masks["text"] = jnp.concatenate(meta_mask, 1)
+            if "has_metadata" in batch:  # observations without any metadata
+                masks["text"] = masks["text"] & batch["has_metadata"].astype(bool)[:, None]
+        if not memories:
+            raise ValueError("FusionClassifier needs at least one input: use_visual, use_text, fields or numeric")
+        sources = tuple(s for s in ("visual", "text") if s in memories)
+        q = QFormer(self.num_queries, self.width, self.depth, self.num_heads, sources=sources,
+                    dtype=self.dtype, name="qformer")(memories, masks)
+        pooled = q.mean(1)
+        pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
+        logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="classifier")(pooled)
+        return {"logits": logits, "pooled": pooled}

@@ -1,0 +1,96 @@
+"""Per-observation FungiCLEF metrics on hand-checked examples, ensembles and the submission CSV."""
+
+import numpy as np
+import pytest
+
+from fungizsl.evaluate import make_evaluator, observations as obs
+
+
+def _hand_example():
+    # 3 observations, up to 2 images, 4 classes. Log-probabilities written by hand.
+    p = np.full((3, 2, 4), 1e-9)  # padding slots and "zero" entries: tiny, never exactly 0
+    p[0, 0] = [0.7, 0.2, 0.1, 1e-9]  # obs 0, label 1: image 0 says 0 ...
+    p[0, 1] = [0.1, 0.8, 0.1, 1e-9]  # ... image 1 says 1 firmly: mean -> 1 (0.5 vs 0.4)
+    p[1, 0] = [0.1, 0.1, 0.2, 0.6]  # obs 1, one image, label 2: 2nd best
+    p[2, 0] = [0.4, 0.3, 0.2, 0.1]  # obs 2, label 3: last
+    p[2, 1] = [0.3, 0.4, 0.2, 0.1]
+    mask = np.array([[True, True], [True, False], [True, True]])
+    return np.log(p), mask, np.array([1, 2, 3])
+
+
+def test_top_k_per_observation_by_hand():
+    logits, mask, labels = _hand_example()
+    scores = obs.pool_observations(logits, mask, "mean")
+    np.testing.assert_allclose(np.exp(scores[0]), [0.4, 0.5, 0.1, 0.0], atol=1e-6)
+    m = obs.observation_metrics(scores, labels, ks=(1, 2, 4))
+    assert m["top1"] == pytest.approx(1 / 3)  # only obs 0
+    assert m["top2"] == pytest.approx(2 / 3)  # + obs 1
+    assert m["top4"] == 1.0
+    # macro-F1 over the labels' classes {1, 2, 3}: class 1 predicted once correctly (F1 = 1).
+    assert m["macro_f1"] == pytest.approx(1 / 3)
+    # The padded image of obs 1 (all 1e-9) must not count: max pooling gives the same top-1.
+    maxed = obs.pool_observations(logits, mask, "max")
+    assert obs.top_k(maxed, 1)[:, 0].tolist() == [1, 3, 0]
+
+
+def test_attention_pooling_favours_the_confident_image():
+    logits, mask, labels = _hand_example()
+    att = np.exp(obs.pool_observations(logits, mask, "attention"))
+    mean = np.exp(obs.pool_observations(logits, mask, "mean"))
+    assert att[0, 1] > mean[0, 1]  # image 1 (0.8) is more confident than image 0 (0.7)
+    np.testing.assert_allclose(att.sum(1), 1.0, rtol=1e-6)
+
+
+def test_poison_cost_by_hand():
+    poisonous = np.array([1, 0, 0, -1])
+    labels = np.array([0, 1, 1, 2, 3])
+    pred = np.array([1, 0, 1, 3, 0])  # poison->edible (100), edible->poison (1), ok, unknown, unknown
+    assert obs.poison_cost(pred, labels, poisonous) == pytest.approx(101 / 5)
+
+
+def test_ensemble_voting():
+    a = np.log(np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]]))
+    b = np.log(np.array([[0.1, 0.8, 0.1], [0.2, 0.3, 0.5]]))
+    soft = np.exp(obs.weighted_vote([a, b], [3, 1]))
+    np.testing.assert_allclose(soft[0], 0.75 * np.exp(a[0]) + 0.25 * np.exp(b[0]), rtol=1e-9)
+    hard = obs.weighted_vote([a, b], [3, 1], kind="hard")
+    assert np.argmax(hard, 1).tolist() == [0, 1]  # the heavier member wins both votes
+    hard_equal = obs.weighted_vote([a, b, b], None, kind="hard")
+    assert np.argmax(hard_equal, 1).tolist() == [1, 2]  # two of three members
+    with pytest.raises(ValueError, match="weights"):
+        obs.weighted_vote([a, b], [1, -1])
+
+
+def test_submission_format(tmp_path):
+    scores = np.arange(24, dtype=float).reshape(2, 12)
+    scores[1] = scores[1][::-1]
+    path = obs.write_submission(tmp_path / "sub.csv", [555, 777], scores, class_ids=np.arange(12) + 100)
+    lines = open(path).read().splitlines()
+    assert lines[0] == "observationId,predictions"
+    assert lines[1] == "555," + " ".join(str(100 + c) for c in range(11, 1, -1))
+    assert lines[2] == "777," + " ".join(str(100 + c) for c in range(10))
+    assert obs.read_submission(path)[777][:3] == [100, 101, 102]
+    with pytest.raises(ValueError, match="repeat"):
+        obs.write_submission(tmp_path / "bad.csv", [1, 1], scores)
+
+
+def test_baselines_and_evaluator(tmp_path):
+    rng = np.random.RandomState(0)
+    centres = rng.randn(5, 16)
+    train = np.repeat(centres, 2, 0) + 0.05 * rng.randn(10, 16)
+    train_labels = np.repeat(np.arange(5), 2)
+    query = centres[[3, 1]][:, None] + 0.05 * rng.randn(2, 2, 16)
+    mask = np.array([[True, True], [True, False]])
+    for fn in (obs.nearest_neighbour_logits, obs.prototype_logits):
+        pooled = obs.pool_observations(fn(query, train, train_labels, 6), mask)
+        assert obs.top_k(pooled, 1)[:, 0].tolist() == [3, 1]
+    ev = make_evaluator("fc", dict(type="fungiclef_observations", ks=(1, 5),
+                                   submission_path=str(tmp_path / "s.csv")))
+    logits = obs.prototype_logits(query, train, train_labels, 6)
+    out = dict(ev.run(logits=logits, image_mask=mask, labels=np.array([3, 0]), observation_ids=[10, 11],
+                      poisonous_by_class=np.array([1, 0, 0, 0, 0, 0]), raw_features=query,
+                      train_raw_features=train, train_raw_labels=train_labels,
+                      metadata_scores=np.zeros((2, 6))))
+    assert out["top1"] == 0.5 and out["poison_cost"] == pytest.approx(50.0)
+    assert out["baselines/prototype/top1"] == 0.5 and "pooling/attention/top5" in out
+    assert set(obs.read_submission(tmp_path / "s.csv")) == {10, 11}
