@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from fungizsl.data.render_shapes import BranchSpec, Morphology, build_scene, debris_scene, rasterise
+from fungizsl.data.scene_params import SceneParams, describe
 
 STAGES = ("spore", "hyphae", "mycelium")  # the paper's classes: the default class list
 EXTRA_STAGES = ("germinating_spore", "sporulating_hyphae")
@@ -123,18 +124,37 @@ class RenderConfig:
 
 def render_image(stage: str, index: int, seed: int = 0, config: RenderConfig | None = None) -> np.ndarray:
     """One image of `stage` as uint8 [H, W, 3]; a pure function of its arguments."""
+    return render_scene(stage, index, seed, config)[0]
+
+
+def render_scene(stage: str, index: int, seed: int = 0,
+                 config: RenderConfig | None = None) -> tuple[np.ndarray, SceneParams]:
+    """One image of `stage` and its :class:`~fungizsl.data.scene_params.SceneParams` (what it shows).
+
+    The image is exactly :func:`render_image`'s: describing the scene draws no random numbers.
+    """
     config = config or RenderConfig()
     rng = image_rng(check_stage(stage), index, seed)
     size = config.image_size
     if config.preset == "paper":
         morph = paper_morphology(rng, stage, size)
-        mask = rasterise(build_scene(rng, stage, morph), size, config.supersample)
-        return compose_paper(mask, PAPER_COLOURS[stage])
+        shapes = build_scene(rng, stage, morph)
+        mask = rasterise(shapes, size, config.supersample)
+        scene = describe(stage, "paper", size, shapes.facts, _coverage(mask), colour=PAPER_COLOURS[stage],
+                         spore_arrangement=morph.arrangement)
+        return compose_paper(mask, PAPER_COLOURS[stage]), scene
     style = sample_style(rng, size)
     morph = realistic_morphology(rng, stage, size, config.hyphae_mycelium_overlap)
-    mask = rasterise(build_scene(rng, stage, morph), size, config.supersample)
+    shapes = build_scene(rng, stage, morph)
+    mask = rasterise(shapes, size, config.supersample)
     debris = rasterise(debris_scene(rng, size, style.specks, style.fibres, size / REFERENCE_SIZE), size, 1)
-    return compose_realistic(rng, mask, debris, style, size)
+    scene = describe(stage, "realistic", size, shapes.facts, _coverage(mask), magnification=morph.magnification,
+                     style=style, spore_arrangement=morph.arrangement)
+    return compose_realistic(rng, mask, debris, style, size), scene
+
+
+def _coverage(mask: Image.Image) -> float:
+    return float(np.asarray(mask, dtype=np.float32).mean() / 255.0)
 
 
 def render_batch(stages: str | Sequence[str], indices: Sequence[int], seed: int = 0,
@@ -220,7 +240,7 @@ def realistic_morphology(rng: np.random.Generator, stage: str, size: int, overla
     if stage in ("spore", "germinating_spore"):
         count = density * rng.uniform(15.0, 60.0) / mag**2 / (2.0 if stage == "germinating_spore" else 1.0)
         return Morphology(size, spore_count=int(np.clip(round(count), 2, 200)), germ_fraction=rng.uniform(0.5, 1.0),
-                          germ_length=rng.uniform(1.5, 4.5), **spores)
+                          germ_length=rng.uniform(1.5, 4.5), magnification=mag, **spores)
     ranges = network_ranges(stage, overlap if stage in ("hyphae", "mycelium") else 0.0)
     p = {k: (int(rng.integers(round(lo), round(hi) + 1)) if k in _INT_PARAMS else float(rng.uniform(lo, hi)))
          for k, (lo, hi) in ranges.items()}
@@ -235,7 +255,7 @@ def realistic_morphology(rng: np.random.Generator, stage: str, size: int, overla
                       origin_spore_prob=p["origin_spore_prob"], heads=heads,
                       stalk_length=u * mag * rng.uniform(14.0, 30.0), stalk_width=0.9 * width,
                       chains=int(rng.integers(3, 8)), chain_length=int(rng.integers(3, 9)),
-                      conidium_radius=u * mag * rng.uniform(1.3, 2.3), **spores)
+                      conidium_radius=u * mag * rng.uniform(1.3, 2.3), magnification=mag, **spores)
 
 
 # ----------------------------------------------------------------------------------------------
