@@ -21,7 +21,8 @@ from fungizsl.data.transforms import DecodeImage, EvalResize, RandomAugment
 def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size: int = 224,
                        augment="natural", normalization="clip", captions_by_class=None,
                        class_names: Sequence[str] | None = None, tokenizer=None,
-                       context_length: int | None = None, num_epochs: int | None = None,
+                       context_length: int | None = None, caption_seed: int | None = None,
+                       num_epochs: int | None = None,
                        shuffle: bool = True, image_key: str = "image", label_key: str | None = None,
                        process_index: int | None = None, process_count: int | None = None,
                        record_captions=None) -> grain.MapDataset:
@@ -35,10 +36,12 @@ def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size:
     :class:`~fungizsl.data.augment.AugmentConfig` or a mapping of its fields. ``normalization``:
     ``"clip"``, ``"imagenet"``, ``"unit"`` or ``(mean, std)``. ``captions_by_class``: dict class ->
     texts (or a caption source); needs ``tokenizer`` (object or folder) and ``class_names`` (unless
-    the source has them). ``num_epochs=None`` repeats forever; a finite count keeps only whole
-    global batches. ``process_index``/``process_count`` default to JAX's. ``record_captions``: instead
-    of a class pool, a transform writing each record's own caption
-    (:class:`~fungizsl.data.scene_pipeline.SceneCaptions`; ``caption_id`` is then the record index).
+    the source has them). ``caption_seed`` (default ``seed``) keys the caption draws apart from the
+    shuffle and augmentation, so a trainer can keep them with its data seed. ``num_epochs=None``
+    repeats forever; a finite count keeps only whole global batches. ``process_index``/
+    ``process_count`` default to JAX's. ``record_captions``: instead of a class pool, a transform
+    writing each record's own caption (:class:`~fungizsl.data.scene_pipeline.SceneCaptions`;
+    ``caption_id`` is then the record index).
     """
     num_records = check_source(source)
     process_index, process_count = process_slot(process_index, process_count)
@@ -51,6 +54,7 @@ def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size:
     norm = aug.get_normalization(normalization)
     table = caption_table_for(source, captions_by_class, class_names, tokenizer, context_length)
     _check_one_caption_kind(table, record_captions)
+    caption_seed = seed if caption_seed is None else check_int("caption_seed", caption_seed, minimum=0)
 
     # Our random operations get explicit seeds derived from (seed, operation name), so they do not
     # move when the pipeline gains or loses a node (e.g. the whole-batch cut of finite epochs);
@@ -66,14 +70,14 @@ def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size:
                              f"batch of global_batch_size={global_batch_size}")
         ds = ds[:whole]
     if record_captions is not None:  # reads the raw record, so before decoding drops it
-        ds = ds.random_map(record_captions, seed=op_seed(seed, "caption"))
+        ds = ds.random_map(record_captions, seed=op_seed(caption_seed, "caption"))
     ds = ds.map(DecodeImage(image_key, label_key, repr(source)))
     if config is None:
         ds = ds.map(EvalResize(image_size, norm))
     else:
         ds = ds.random_map(RandomAugment(config, image_size, norm), seed=op_seed(seed, "augment"))
     if table is not None:
-        ds = ds.random_map(SampleCaption(table), seed=op_seed(seed, "caption"))
+        ds = ds.random_map(SampleCaption(table), seed=op_seed(caption_seed, "caption"))
     ds = ds[process_index::process_count]
     return ds.batch(local_batch, drop_remainder=True)
 
