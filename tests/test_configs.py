@@ -33,3 +33,16 @@ def test_experiment_configs_load_and_check_their_arguments():
     real = defungi.get_config("runlocal")
     assert real.data.tfds_builder == "image_folder" and set(real.data.class_descriptions) == {
         "BASH", "BBH", "GMA", "SHC", "TSH"}
+
+
+def test_fungalzsl_default_captions_are_per_image_scenes_with_heldout_prompts():
+    from configs import fungalzsl
+
+    for arg in ("arch=tiny,runlocal", "arch=b32"):
+        config = fungalzsl.get_config(arg)
+        assert config.data.captions == "scene" and config.data.captions_dir == ""
+        assert tuple(config.evals.zeroshot.sources) == ("scene_heldout", "templates")
+        assert not config.loss.class_aware  # each caption describes one image
+    paper = fungalzsl.get_config("arch=tiny,runlocal,captions=fungalzsl_split,data_dir=/data/fungalzsl")
+    assert paper.data.captions_dir == "/data/fungalzsl" and paper.loss.class_aware
+    assert tuple(paper.evals.zeroshot.sources) == ("fungalzsl_split", "templates")
