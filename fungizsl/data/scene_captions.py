@@ -131,7 +131,7 @@ _slot("subject.spores", [
     "{count} {spores}, {shape} and {size}",
     "{count} {shape} fungal {spores}",
     "a field of {count} {shape} {spores}",
-    "{count} isolated {shape} {cells}",
+    "{count} {shape} {cells} on the slide",
 ], [
     "{count} {spores}, {size} and {shape} in outline",
     "{count} {shape} {spores} and nothing else",

@@ -409,6 +409,46 @@ def contact_sheet(config: RenderConfig, per_stage: int = 8, seed: int = 0) -> Im
     return sheet
 
 
+CAPTION_TILE_WIDTH, CAPTION_LINES, CAPTION_LINE_HEIGHT = 300, 9, 14
+
+
+def captioned_sheet(config: RenderConfig, per_stage: int = 4, seed: int = 0,
+                    caption_seed: int = 0) -> tuple[Image.Image, list[tuple[str, int, str]]]:
+    """A contact sheet with each image's scene caption (train phrase bank) written under it.
+
+    Returns the sheet and the (stage, index, caption) of every tile.
+    """
+    import textwrap  # noqa: PLC0415
+
+    from fungizsl.data.scene_pipeline import caption_examples  # noqa: PLC0415
+
+    size = config.image_size
+    cell_w = max(size, CAPTION_TILE_WIDTH)
+    cell_h = size + CAPTION_LINES * CAPTION_LINE_HEIGHT + 3 * SHEET_GAP
+    sheet = Image.new("RGB", (per_stage * (cell_w + SHEET_GAP) + SHEET_GAP,
+                              SHEET_HEADER + len(config.stages) * (cell_h + SHEET_GAP)), (250, 250, 250))
+    draw = ImageDraw.Draw(sheet)
+    font, small = _font(15), _font(12)
+    draw.text((SHEET_GAP, 5), f"fungizsl scene captions  preset={config.preset}  seed={seed}  "
+                              f"caption_seed={caption_seed}  size={size}", fill=(0, 0, 0), font=font)
+    chars = max(20, int(cell_w / 6.3))
+    rendered = [(stage, i, *render_scene(stage, i, seed, config)) for stage in config.stages for i in range(per_stage)]
+    texts = caption_examples([scene for *_, scene in rendered], caption_seed)
+    listing = []
+    for k, ((stage, i, image, _), text) in enumerate(zip(rendered, texts)):
+        row, col = divmod(k, per_stage)
+        x = SHEET_GAP + col * (cell_w + SHEET_GAP)
+        y = SHEET_HEADER + row * (cell_h + SHEET_GAP)
+        sheet.paste(Image.fromarray(image), (x + (cell_w - size) // 2, y))
+        lines = textwrap.wrap(f"[{stage} {i}] {text}", chars)
+        if len(lines) > CAPTION_LINES:
+            lines = lines[: CAPTION_LINES - 1] + [lines[CAPTION_LINES - 1][: chars - 3] + "..."]
+        for n, line in enumerate(lines):
+            draw.text((x, y + size + SHEET_GAP + n * CAPTION_LINE_HEIGHT), line, fill=(0, 0, 0), font=small)
+        listing.append((stage, i, text))
+    return sheet, listing
+
+
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
@@ -427,6 +467,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overlap", type=float, default=0.3, help="hyphae/mycelium overlap in [0, 1] (realistic)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list from {', '.join(ALL_STAGES)}")
+    parser.add_argument("--captions", action="store_true",
+                        help="write each image's scene caption under it (and print the captions)")
     parser.set_defaults(func=run_render_cli)
     return parser
 
@@ -441,7 +483,12 @@ def run_render_cli(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"fungizsl render: {err}", file=sys.stderr)
         return 2
-    sheet = contact_sheet(config, args.per_stage, args.seed)
+    if args.captions:
+        sheet, listing = captioned_sheet(config, args.per_stage, args.seed)
+        for stage, index, text in listing:
+            print(f"{stage} {index}: {text}")
+    else:
+        sheet = contact_sheet(config, args.per_stage, args.seed)
     sheet.save(args.out)
     print(f"wrote {args.out} ({sheet.width}x{sheet.height}, {len(stages)} stages x {args.per_stage})")
     return 0
