@@ -31,6 +31,7 @@ from fungizsl.data.scene_params import SceneParams
 
 BANKS = ("train", "heldout")
 MAX_DETAILS, MAX_IMAGING = 3, 2  # optional clauses per caption: keeps captions within ~64 BPE tokens
+PROMPT_DETAILS = 2  # held-out prompts: their rarer words take more BPE tokens, so fewer clauses
 
 # ----------------------------------------------------------------------------------------------
 # What a scene shows, in words (deterministic: these are facts, not phrasing)
@@ -454,12 +455,13 @@ def _compose(w: _Writer, subject: str, clauses: list[str]) -> str:
 
 
 def draw_caption(scene: SceneParams, rng: np.random.Generator, bank: str = "train", *,
-                 stage_name: float = 0.5, imaging: bool = True) -> SceneCaption:
+                 stage_name: float = 0.5, imaging: bool = True, max_details: int = MAX_DETAILS) -> SceneCaption:
     """One caption of ``scene`` from phrase bank ``bank``; the stage is named with probability
-    ``stage_name``; ``imaging=False`` leaves out background, magnification, focus and debris."""
+    ``stage_name``; ``imaging=False`` leaves out background, magnification, focus and debris;
+    at most ``max_details`` optional morphology clauses."""
     w = _Writer(scene, rng, bank)
     subject = _subject(w)
-    clauses = _keep(w, _details(w), MAX_DETAILS) + (_keep(w, _imaging(w), MAX_IMAGING) if imaging else [])
+    clauses = _keep(w, _details(w), max_details) + (_keep(w, _imaging(w), MAX_IMAGING) if imaging else [])
     if scene.stage in STAGE_NAMES and rng.random() < stage_name:
         clauses.append(w.phrase("detail.stage", "stage", stage=w.choice(STAGE_NAMES[scene.stage])))
     return SceneCaption(_compose(w, subject, clauses), tuple(w.ids), frozenset(w.mentions))
@@ -511,7 +513,7 @@ def class_prompts_with_ids(stage: str, n: int = 24, seed: int = 0) -> list[Scene
     out, seen = [], set()
     for attempt in range(50 * n):
         scene = scenes[attempt % len(scenes)]
-        drawn = draw_caption(scene, rng, "heldout", imaging=False)
+        drawn = draw_caption(scene, rng, "heldout", imaging=False, max_details=PROMPT_DETAILS)
         if drawn.text not in seen:
             seen.add(drawn.text)
             out.append(drawn)
