@@ -95,7 +95,7 @@ class FungalZSLData:
                 raise ConfigError(f"caption source {name!r} needs the FungalZSL caption files: set "
                                   f"--config.data.captions_dir=PATH ({what}); "
                                   + (f"{d.captions_dir!r} does not exist" if d.captions_dir else "it is empty")
-                                  + ", or use --config.data.captions=templates")
+                                  + ", or use --config.data.captions=scene (the default, no files needed)")
         if name == "fungalzsl_split":
             source = caption_lib.get_caption_source(name, root=d.captions_dir, split=split,
                                                     strip_prompt=d.strip_prompt)
