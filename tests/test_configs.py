@@ -34,8 +34,10 @@ def test_experiment_configs_load_and_check_their_arguments():
         assert any(axis == "fsdp" for _, axis in large.sharding_rules), large.sharding_rules
     small = fungalzsl.get_config("arch=b32")
     assert small.mesh.fsdp == 1 and not small.sharding_rules
-    # the paper's L_image + L_text, class-aware (captions describe a stage), selected on val
-    assert (config.loss.combine, config.loss.class_aware) == ("sum", True)
+    # the paper's L_image + L_text, selected on val; class-aware only for captions of a stage (the
+    # default scene captions describe one image each: see the test below)
+    assert (config.loss.combine, config.loss.class_aware) == ("sum", False)
+    assert fungalzsl.get_config("arch=b32,captions=templates").loss.class_aware
     assert {e.split for e in config.evals.values()} == {"val"} and config.final_eval_split == "test"
     assert config.final_eval_checkpoint == "best" and config.data_seed == 0
     assert not config.data.captions_dir  # no default path outside the clone
