@@ -10,7 +10,9 @@ Using a Synthetic Data Approach". Examples:
 Arguments after the colon:
   arch      tiny (CPU-sized) | b32 | b16 | l14 | l14_336
   init      scratch | <Hugging Face CLIP folder> | <fungizsl workdir or checkpoint step folder>
-  captions  fungalzsl_split | fungalzsl_generated | templates | <path to a JSONL of {"class","text"}>
+  captions  scene (default: each image described from its own render parameters; needs nothing but
+            the clone) | fungalzsl_split | fungalzsl_generated (the paper's captions: need data_dir)
+            | templates | <path to a JSONL of {"class","text"}>
   preset    realistic (the honest default) | paper (colour tied to the stage, as in the paper)
   data_dir  folder with the FungalZSL caption files (config.data.captions_dir; no default: the
             captions fungalzsl_split/fungalzsl_generated need it, the others do not)
@@ -34,7 +36,7 @@ IMAGE_SIZE = {"tiny": 96, "b32": 224, "b16": 224, "l14": 224, "l14_336": 336}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, arch="b32", init="scratch", captions="fungalzsl_split", preset="realistic",
+    arg = parse_arg(arg, arch="b32", init="scratch", captions="scene", preset="realistic",
                     data_dir="", runlocal=False)
     if arg.arch not in ARCHS:
         raise ValueError(f"config argument 'arch' must be one of {ARCHS}, got {arg.arch!r}")
@@ -84,8 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # we keep the paper's form so reported loss values compare with it. class_aware=True: the
     # captions (paper split, generated, templates) describe a growth *stage*, not one image, so
     # two images of one stage in a batch are not negatives of each other's captions; plain CLIP
-    # loss would push apart texts that are equally right. Turn it off for per-image captions.
-    config.loss = ml_collections.ConfigDict(dict(class_aware=True, combine="sum"))
+    # loss would push apart texts that are equally right. Off for per-image captions (`scene`):
+    # each text describes one image, and the other images of its stage are true negatives.
+    per_image = arg.captions == "scene"
+    config.loss = ml_collections.ConfigDict(dict(class_aware=not per_image, combine="sum"))
 
     # FSDP for L/14 sizes: fsdp=-1 puts every device on the fsdp axis (parameters and optimizer
     # state split N ways; the batch is split over data x fsdp either way). On many hosts prefer
@@ -108,9 +112,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Evaluators: `split` during training (val), `every` steps (0 = only the final test pass).
     every = config.get_ref("eval_every")
+    # Zero-shot prompts: the first source is the headline. For `scene` captions it is
+    # `scene_heldout`, written with phrasings the training captions never use; "templates" (the
+    # hand-written prompts) is a second, independent check.
     config.evals = ml_collections.ConfigDict()
+    prompts = "scene_heldout" if per_image else arg.captions
     config.evals.zeroshot = ml_collections.ConfigDict(dict(type="zeroshot", split="val", every=every,
-                                                           sources=(arg.captions, "templates")))
+                                                           sources=(prompts, "templates")))
     config.evals.retrieval = ml_collections.ConfigDict(dict(type="retrieval", split="val", every=every,
                                                             ks=(1, 5, 10)))
 

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import pickle
+import re
 import sys
 
 import numpy as np
@@ -92,6 +93,33 @@ def test_growth_stages_pixels_are_the_renderer_and_deterministic(tiny_builds):
     for key, image in first.items():
         np.testing.assert_array_equal(image, second[key])
         np.testing.assert_array_equal(image, render_image(key[0], key[1], 0, render_config))  # PNG: lossless
+
+
+def test_growth_stages_records_carry_the_scene_of_their_image(tiny_builds):
+    from fungizsl.data.scene_params import SceneParams
+    from fungizsl.data.synthetic import render_scene
+
+    render_config = RenderConfig(image_size=32, preset="realistic", hyphae_mycelium_overlap=0.3)
+    records = _records(tiny_builds[0], "train")
+    for r in records:
+        stage, index = r["class_name"].decode(), int(r["index"])
+        assert SceneParams.from_json(r["scene"]) == render_scene(stage, index, 0, render_config)[1]
+    assert len({r["scene"] for r in records}) == len(records)
+
+
+def test_growth_stages_scene_caption_config(tmp_path):
+    config = GrowthStagesConfig(name="tiny_scene", image_size=32, train_per_class=3, val_per_class=0,
+                                test_per_class=0, encoding="png", caption_source="scene")
+    builder = FungalGrowthStages(config=config, data_dir=tmp_path)
+    builder.download_and_prepare()
+    records = _records(builder, "train")
+    captions = [r["caption"].decode() for r in records]
+    assert len(set(captions)) == len(records)
+    for r, text in zip(records, captions):
+        if r["class_name"] == b"spore":
+            assert re.search(r"spore|conidi|cell", text), text
+        else:
+            assert re.search(r"hypha|filament", text), text
 
 
 def test_growth_stages_caption_config(tmp_path):

@@ -34,8 +34,10 @@ def test_experiment_configs_load_and_check_their_arguments():
         assert any(axis == "fsdp" for _, axis in large.sharding_rules), large.sharding_rules
     small = fungalzsl.get_config("arch=b32")
     assert small.mesh.fsdp == 1 and not small.sharding_rules
-    # the paper's L_image + L_text, class-aware (captions describe a stage), selected on val
-    assert (config.loss.combine, config.loss.class_aware) == ("sum", True)
+    # the paper's L_image + L_text, selected on val; class-aware only for captions of a stage (the
+    # default scene captions describe one image each: see the test below)
+    assert (config.loss.combine, config.loss.class_aware) == ("sum", False)
+    assert fungalzsl.get_config("arch=b32,captions=templates").loss.class_aware
     assert {e.split for e in config.evals.values()} == {"val"} and config.final_eval_split == "test"
     assert config.final_eval_checkpoint == "best" and config.data_seed == 0
     assert not config.data.captions_dir  # no default path outside the clone
@@ -44,3 +46,16 @@ def test_experiment_configs_load_and_check_their_arguments():
     real = defungi.get_config("runlocal")
     assert real.data.tfds_builder == "image_folder" and set(real.data.class_descriptions) == {
         "BASH", "BBH", "GMA", "SHC", "TSH"}
+
+
+def test_fungalzsl_default_captions_are_per_image_scenes_with_heldout_prompts():
+    from configs import fungalzsl
+
+    for arg in ("arch=tiny,runlocal", "arch=b32"):
+        config = fungalzsl.get_config(arg)
+        assert config.data.captions == "scene" and config.data.captions_dir == ""
+        assert tuple(config.evals.zeroshot.sources) == ("scene_heldout", "templates")
+        assert not config.loss.class_aware  # each caption describes one image
+    paper = fungalzsl.get_config("arch=tiny,runlocal,captions=fungalzsl_split,data_dir=/data/fungalzsl")
+    assert paper.data.captions_dir == "/data/fungalzsl" and paper.loss.class_aware
+    assert tuple(paper.evals.zeroshot.sources) == ("fungalzsl_split", "templates")

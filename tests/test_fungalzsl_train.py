@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from trainer_runs import ROOT, assert_same_params, finish, start_training
+from trainer_runs import ROOT, TINY_FLAGS, assert_same_params, finish, start_training
 
 RUN = ("--config.batch_size=16", "--config.total_steps=12", "--config.warmup_steps=2",
        "--config.log_every=2", "--config.checkpoint_every=3")
@@ -82,3 +82,18 @@ def test_sigkill_then_resume_gives_the_same_parameters(straight, tmp_path):
     assert 6 <= resumed_at < 12
     assert '"step": 12' in (interrupted / "summary.json").read_text()
     assert_same_params(straight, interrupted, rtol=1e-6, atol=1e-7)
+
+
+def test_the_default_captions_need_nothing_outside_the_clone(tmp_path):
+    """captions=scene (the default): per-image captions from the renders, zero-shot on held-out prompts."""
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    tiny = [flag for flag in TINY_FLAGS if not flag.startswith("--config=")]
+    cmd = [sys.executable, "-m", "fungizsl.main", "--config=configs/fungalzsl.py:arch=tiny,runlocal", *tiny,
+           "--config.batch_size=8", "--config.total_steps=4", "--config.warmup_steps=1",
+           "--config.export_hf=False", f"--workdir={tmp_path}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["captions"] == "scene"
+    assert set(summary["zeroshot_accuracy_by_caption_source"]) == {"scene_heldout", "templates"}
+    assert summary["instance_recall@1_image_to_text"] is not None

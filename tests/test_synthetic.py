@@ -270,6 +270,21 @@ def test_cli_writes_contact_sheet(tmp_path):
     assert np.array_equal(tile, render_image("mycelium", 2, 2, RenderConfig(image_size=48, preset="paper")))
 
 
+def test_cli_writes_captioned_sheet_and_prints_the_captions(tmp_path, capsys):
+    from fungizsl import cli
+
+    out = tmp_path / "captions.png"
+    argv = ["render", "--captions", "--out", str(out), "--per-stage", "2", "--size", "40", "--stages", "spore,hyphae"]
+    assert cli.main(argv) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("wrote")]
+    assert [line.split(":")[0] for line in printed] == ["spore 0", "spore 1", "hyphae 0", "hyphae 1"]
+    sheet, listing = synthetic.captioned_sheet(RenderConfig(image_size=40, stages=("spore", "hyphae")), 2)
+    assert [f"{stage} {i}: {text}" for stage, i, text in listing] == printed
+    assert Image.open(out).size == sheet.size
+    rows = np.asarray(sheet.convert("L"))[40:, : synthetic.CAPTION_TILE_WIDTH]  # the text under the first image
+    assert (rows < 100).sum() > 200
+
+
 def test_cli_rejects_bad_stage(tmp_path, capsys):
     from fungizsl import cli
 

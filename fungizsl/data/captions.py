@@ -33,6 +33,7 @@ import os
 import pathlib
 import re
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -66,6 +67,8 @@ __all__ = [
     "TemplateSource",
     "JsonlSource",
     "ListSource",
+    "SceneCaptionSource",
+    "SceneHeldoutPromptSource",
 ]
 
 #: The three classes of the FungalZSL data, in the paper's order.
@@ -663,6 +666,79 @@ class JsonlSource(CaptionSource):
     def _load(self) -> list[Caption]:
         caps = read_jsonl_captions(self.path, classes=self.allowed, source=self.name)
         return deduplicate(caps) if self.dedup else caps
+
+
+@register_caption_source("scene")
+class SceneCaptionSource(CaptionSource):
+    """Captions written from each rendered image's own scene (:mod:`fungizsl.data.scene_captions`).
+
+    The source is *per image*: :meth:`caption` describes one
+    :class:`~fungizsl.data.scene_params.SceneParams`, and the pipeline draws one per record
+    (:class:`~fungizsl.data.scene_pipeline.SceneCaptions`). ``by_class()`` gives, for code that
+    wants a class pool, ``per_class`` captions of each class's typical scenes in the same phrase bank.
+    """
+
+    name = "scene"
+    per_image = True
+
+    def __init__(self, classes: Sequence[str] | str | None = None, *, bank: str = "train",
+                 per_class: int = 24, seed: int = 0) -> None:
+        super().__init__()
+        from fungizsl.data import scene_captions  # noqa: PLC0415 (numpy only; keeps this module light)
+
+        if bank not in scene_captions.BANKS:
+            raise ValueError(f"scene: bank must be one of {scene_captions.BANKS}, got {bank!r}")
+        self._grammar = scene_captions
+        self.class_names = _class_list(classes)
+        self.bank, self.per_class, self.seed = bank, int(per_class), int(seed)
+
+    def caption(self, scene, rng) -> str:
+        """One caption of ``scene`` (a SceneParams or its JSON) drawn with the generator ``rng``."""
+        from fungizsl.data.scene_params import SceneParams  # noqa: PLC0415
+
+        if not isinstance(scene, SceneParams):
+            scene = SceneParams.from_json(scene)
+        return self._grammar.caption(scene, rng, self.bank)
+
+    def _load(self) -> list[Caption]:
+        import numpy as np  # noqa: PLC0415
+
+        out = []
+        for c in self.class_names:
+            rng = np.random.default_rng([self.seed, zlib.crc32(c.encode())])
+            scenes = self._grammar.typical_scenes(c)
+            out += [Caption(c, self._grammar.caption(scenes[i % len(scenes)], rng, self.bank), self.name)
+                    for i in range(self.per_class)]
+        return out
+
+
+@register_caption_source("scene_heldout")
+class SceneHeldoutPromptSource(CaptionSource):
+    """Zero-shot class prompts written only with the held-out phrase bank of the scene grammar
+    (:func:`fungizsl.data.scene_captions.class_prompts`): texts a model trained on ``scene`` captions
+    never saw."""
+
+    name = "scene_heldout"
+
+    def __init__(self, classes: Sequence[str] | str | None = None, *, per_class: int = 24, seed: int = 0) -> None:
+        super().__init__()
+        self.class_names = _class_list(classes)
+        self.per_class, self.seed = int(per_class), int(seed)
+
+    def _load(self) -> list[Caption]:
+        from fungizsl.data.scene_captions import class_prompts  # noqa: PLC0415
+
+        return [Caption(c, t, self.name) for c in self.class_names for t in class_prompts(c, self.per_class, self.seed)]
+
+
+def _class_list(classes) -> list[str]:
+    if isinstance(classes, str):
+        classes = [c.strip() for c in classes.split(",") if c.strip()]
+    names = list(classes) if classes is not None else list(FUNGALZSL_CLASSES)
+    unknown = [c for c in names if c not in GROWTH_STAGES]
+    if unknown:
+        raise ValueError(f"scene captions: unknown class(es) {', '.join(unknown)}; known: {', '.join(GROWTH_STAGES)}")
+    return names
 
 
 class ListSource(CaptionSource):

@@ -24,7 +24,8 @@ def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size:
                        context_length: int | None = None, caption_seed: int | None = None,
                        num_epochs: int | None = None,
                        shuffle: bool = True, image_key: str = "image", label_key: str | None = None,
-                       process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
+                       process_index: int | None = None, process_count: int | None = None,
+                       record_captions=None) -> grain.MapDataset:
     """The batched training ``grain.MapDataset`` of one process (``ds[step]`` is batch ``step``).
 
     Batches are ``{"image": float32 [b, S, S, 3], "label": int32 [b], "index": int32 [b]}`` plus,
@@ -37,7 +38,10 @@ def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size:
     texts (or a caption source); needs ``tokenizer`` (object or folder) and ``class_names`` (unless
     the source has them). ``caption_seed`` (default ``seed``) keys the caption draws apart from the
     shuffle and augmentation, so a trainer can keep them with its data seed. ``num_epochs=None``
-    repeats forever; a finite count keeps only whole global batches. ``process_index``/``process_count`` default to JAX's.
+    repeats forever; a finite count keeps only whole global batches. ``process_index``/
+    ``process_count`` default to JAX's. ``record_captions``: instead of a class pool, a transform
+    writing each record's own caption (:class:`~fungizsl.data.scene_pipeline.SceneCaptions`;
+    ``caption_id`` is then the record index).
     """
     num_records = check_source(source)
     process_index, process_count = process_slot(process_index, process_count)
@@ -49,6 +53,8 @@ def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size:
     config = aug.get_augment(augment)
     norm = aug.get_normalization(normalization)
     table = caption_table_for(source, captions_by_class, class_names, tokenizer, context_length)
+    _check_one_caption_kind(table, record_captions)
+    caption_seed = seed if caption_seed is None else check_int("caption_seed", caption_seed, minimum=0)
 
     # Our random operations get explicit seeds derived from (seed, operation name), so they do not
     # move when the pipeline gains or loses a node (e.g. the whole-batch cut of finite epochs);
@@ -63,13 +69,14 @@ def make_train_dataset(source, *, global_batch_size: int, seed: int, image_size:
             raise ValueError(f"num_epochs={num_epochs} over {num_records} records gives no complete global "
                              f"batch of global_batch_size={global_batch_size}")
         ds = ds[:whole]
+    if record_captions is not None:  # reads the raw record, so before decoding drops it
+        ds = ds.random_map(record_captions, seed=op_seed(caption_seed, "caption"))
     ds = ds.map(DecodeImage(image_key, label_key, repr(source)))
     if config is None:
         ds = ds.map(EvalResize(image_size, norm))
     else:
         ds = ds.random_map(RandomAugment(config, image_size, norm), seed=op_seed(seed, "augment"))
     if table is not None:
-        caption_seed = seed if caption_seed is None else check_int("caption_seed", caption_seed, minimum=0)
         ds = ds.random_map(SampleCaption(table), seed=op_seed(caption_seed, "caption"))
     ds = ds[process_index::process_count]
     return ds.batch(local_batch, drop_remainder=True)
@@ -80,12 +87,13 @@ def make_eval_dataset(source, *, global_batch_size: int, image_size: int = 224, 
                       class_names: Sequence[str] | None = None, tokenizer=None,
                       context_length: int | None = None, seed: int = 0, image_key: str = "image",
                       label_key: str | None = None, process_index: int | None = None,
-                      process_count: int | None = None) -> grain.MapDataset:
+                      process_count: int | None = None, record_captions=None) -> grain.MapDataset:
     """One deterministic pass over ``source`` in record order, batched for one process.
 
     Every process gets ``ceil(len(source) / global_batch_size)`` batches of ``b`` examples; the tail
     is padded with zero images (label and index -1) and ``"valid"`` (bool [b]) marks real examples.
-    With captions, each example gets a caption of its class drawn from ``seed`` and its index.
+    With captions, each example gets a caption of its class drawn from ``seed`` and its index; with
+    ``record_captions`` a caption of its own record, likewise fixed by ``seed`` and its index.
     """
     num_records = check_source(source)
     process_index, process_count = process_slot(process_index, process_count)
@@ -94,13 +102,24 @@ def make_eval_dataset(source, *, global_batch_size: int, image_size: int = 224, 
     check_common(image_size, crop_fraction)
     norm = aug.get_normalization(normalization)
     table = caption_table_for(source, captions_by_class, class_names, tokenizer, context_length)
+    _check_one_caption_kind(table, record_captions)
 
     padded = math.ceil(num_records / global_batch_size) * global_batch_size
     ds = grain.MapDataset.source(IndexedRecords(source, length=padded, with_valid=True)).seed(seed)
     draft = math.ceil(image_size / crop_fraction)
+    if record_captions is not None:
+        ds = ds.random_map(record_captions, seed=op_seed(seed, "caption"))
     ds = ds.map(DecodeImage(image_key, label_key, repr(source), draft_size=draft))
     ds = ds.map(EvalResize(image_size, norm, crop_fraction))
     if table is not None:
         ds = ds.random_map(SampleCaption(table), seed=op_seed(seed, "caption"))
     ds = ds[process_index::process_count]
     return ds.batch(local_batch, drop_remainder=True)
+
+
+def _check_one_caption_kind(table, record_captions) -> None:
+    if table is not None and record_captions is not None:
+        raise ValueError("give captions_by_class (a class pool) or record_captions (per-record captions), not both")
+    if record_captions is not None and not isinstance(record_captions, grain.transforms.RandomMap):
+        raise ValueError(f"record_captions must be a grain RandomMap such as scene_pipeline.SceneCaptions, got "
+                         f"{type(record_captions).__name__}")

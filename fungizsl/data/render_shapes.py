@@ -33,6 +33,7 @@ class Polylines:
 
     points: np.ndarray  # (n, k, 2) float
     widths: np.ndarray  # (n,) float
+    generations: np.ndarray | None = None  # (n,) int: branching generation of each filament, if grown
 
     @staticmethod
     def empty(k: int = 2) -> "Polylines":
@@ -87,11 +88,12 @@ def grow_network(rng: np.random.Generator, origins: np.ndarray, spec: BranchSpec
     start, heading = _initial_branches(rng, origins, spec.initial_branches)
     if spec.origin_scatter > 0:  # a colony seen off-centre: many hyphae, no single hub
         start = start + rng.normal(0.0, spec.origin_scatter, start.shape)
-    pieces, widths, total = [], [], 0
+    pieces, widths, generations, total = [], [], [], 0
     for generation in range(spec.depth):
         points, headings = _extend(rng, start, heading, spec, generation)
         pieces.append(points)
         widths.append(_branch_widths(rng, len(points), spec, generation))
+        generations.append(np.full(len(points), generation))
         total += len(points)
         if generation == spec.depth - 1 or total >= spec.max_segments:
             break
@@ -99,7 +101,7 @@ def grow_network(rng: np.random.Generator, origins: np.ndarray, spec: BranchSpec
         start, heading = _spawn_children(rng, points, headings, spec, budget)
         if len(start) == 0:
             break
-    return Polylines(np.concatenate(pieces), np.concatenate(widths))
+    return Polylines(np.concatenate(pieces), np.concatenate(widths), np.concatenate(generations))
 
 
 def _initial_branches(rng, origins, per_origin):
@@ -268,12 +270,17 @@ class Morphology:
     chains: int = 5
     chain_length: int = 5
     conidium_radius: float = 1.8
+    # how the image was sampled (read by scene descriptions only, not by the shape builders)
+    magnification: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class Scene:
+    """The shapes of one image, plus `facts`: counts of what was drawn (for scene descriptions)."""
+
     lines: tuple[Polylines, ...] = ()
     cells: tuple[np.ndarray, ...] = ()
+    facts: dict = dataclasses.field(default_factory=dict)
 
 
 def build_scene(rng: np.random.Generator, stage: str, morph: Morphology) -> Scene:
@@ -322,9 +329,22 @@ def _spore_layout(rng, morph, count):
     return rng.uniform(0.0, s, (count, 2)), angle
 
 
+def _in_view(points: np.ndarray, size: int) -> np.ndarray:
+    """Which points (..., 2) lie inside the field of view."""
+    return np.all((points >= 0.0) & (points < size), axis=-1)
+
+
+def _spore_facts(morph, centres, major, minor) -> dict:
+    """Counts and mean shape (minor / major axis) and size (semi-major, px) of the spores in view."""
+    seen = _in_view(centres, morph.size)
+    return {"spores": int(seen.sum()),
+            "spore_aspect": float(np.mean(minor[seen] / major[seen])) if seen.any() else 0.0,
+            "spore_radius": float(np.mean(major[seen])) if seen.any() else 0.0}
+
+
 def _build_spores(rng, morph):
-    cells, *_ = spore_cells(rng, morph, morph.spore_count)
-    return Scene(cells=(cells,))
+    cells, centres, major, minor, _ = spore_cells(rng, morph, morph.spore_count)
+    return Scene(cells=(cells,), facts=_spore_facts(morph, centres, major, minor))
 
 
 def _build_germinating(rng, morph):
@@ -337,7 +357,10 @@ def _build_germinating(rng, morph):
     starts = centres[idx] + 0.8 * major[idx, None] * np.stack([np.cos(heading), np.sin(heading)], axis=-1)
     length = morph.germ_length * major[idx] * rng.uniform(0.5, 1.5, len(idx))
     tubes = random_walks(rng, starts, heading, length, 5, 0.18, minor[idx] * rng.uniform(0.35, 0.6, len(idx)))
-    return Scene(lines=(tubes,), cells=(cells,))
+    seen = _in_view(centres, morph.size)
+    facts = dict(_spore_facts(morph, centres, major, minor), germinated=int((germinated & seen).sum()),
+                 germ_tubes=int((germinated & seen).sum() + (second & seen).sum()))
+    return Scene(lines=(tubes,), cells=(cells,), facts=facts)
 
 
 def _build_network(rng, morph):
@@ -348,7 +371,18 @@ def _build_network(rng, morph):
     major = morph.spore_radius * rng.uniform(0.85, 1.15, len(shown))
     minor = major * rng.uniform(*morph.spore_aspect, len(shown))
     cells = ellipse_polygons(shown, major, minor, rng.uniform(0.0, np.pi, len(shown)))
-    return Scene(lines=(lines,), cells=(cells,))
+    return Scene(lines=(lines,), cells=(cells,), facts=_network_facts(morph, lines, shown, major, minor))
+
+
+def _network_facts(morph, lines: Polylines, shown, major, minor) -> dict:
+    """What a viewer can count in a network image: spores at the colony origins, branching
+    generations grown, filaments in view, colonies."""
+    spec = morph.network
+    grown = int(lines.generations.max()) + 1 if len(lines) and lines.generations is not None else 0
+    return dict(_spore_facts(morph, shown, major, minor), colonies=int(morph.n_origins), branch_depth=grown,
+                initial_branches=int(spec.initial_branches), branches=len(lines),
+                branches_in_view=int(_in_view(lines.points, morph.size).any(axis=1).sum()) if len(lines) else 0,
+                filament_width=float(spec.width))
 
 
 def _build_sporulating(rng, morph):
@@ -370,7 +404,9 @@ def _build_sporulating(rng, morph):
     r = morph.conidium_radius
     vesicles = ellipse_polygons(tip, np.full(len(tip), 1.6 * r), np.full(len(tip), 1.4 * r), tip_heading)
     conidia = spore_chains(rng, tip, tip_heading, morph.chains, morph.chain_length, r, fan=1.1)
-    return Scene(lines=base.lines + (stalks,), cells=base.cells + (vesicles, conidia))
+    facts = dict(base.facts, conidiophores=int(_in_view(tip, morph.size).sum()), chains=int(morph.chains),
+                 chain_length=int(morph.chain_length))
+    return Scene(lines=base.lines + (stalks,), cells=base.cells + (vesicles, conidia), facts=facts)
 
 
 _BUILDERS = {

@@ -41,8 +41,10 @@ class RenderedSource:
 
     Record ``i`` is image ``i // C`` of stage ``stages[i % C]`` (C stages, ``n_per_stage`` each), so
     every prefix of the source is balanced. Records are ``{"image", "label", "stage",
-    "render_index"}``; ``image`` is a uint8 [H, W, 3] array, or PNG/JPEG bytes with ``encoding``. A
-    record is a pure function of (stages, index, seed, render_config), in any process.
+    "render_index", "scene"}``; ``image`` is a uint8 [H, W, 3] array, or PNG/JPEG bytes with
+    ``encoding``; ``scene`` is the image's :class:`~fungizsl.data.scene_params.SceneParams` as JSON
+    (what it shows, for per-image captions). A record is a pure function of (stages, index, seed,
+    render_config), in any process.
     """
 
     def __init__(self, stages: Sequence[str] | None = None, n_per_stage: int = 100, seed: int = 0,
@@ -73,17 +75,18 @@ class RenderedSource:
         return len(self.stages) * self.n_per_stage
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from fungizsl.data.synthetic import render_image
+        from fungizsl.data.synthetic import render_scene
 
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"RenderedSource index {index} out of range [0, {len(self)})")
         label, render_index = index % len(self.stages), index // len(self.stages)
         stage = self.stages[label]
-        image = render_image(stage, render_index, self.seed, self.render_config)
+        image, scene = render_scene(stage, render_index, self.seed, self.render_config)
         if self.encoding is not None:
             image = encode_image(image, self.encoding)
-        return {"image": image, "label": label, "stage": stage, "render_index": render_index}
+        return {"image": image, "label": label, "stage": stage, "render_index": render_index,
+                "scene": scene.to_json()}
 
     def __repr__(self) -> str:
         return (f"RenderedSource(stages={self.stages}, n_per_stage={self.n_per_stage}, seed={self.seed}, "

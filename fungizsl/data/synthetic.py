@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from fungizsl.data.render_shapes import BranchSpec, Morphology, build_scene, debris_scene, rasterise
+from fungizsl.data.scene_params import SceneParams, describe
 
 STAGES = ("spore", "hyphae", "mycelium")  # the paper's classes: the default class list
 EXTRA_STAGES = ("germinating_spore", "sporulating_hyphae")
@@ -123,18 +124,37 @@ class RenderConfig:
 
 def render_image(stage: str, index: int, seed: int = 0, config: RenderConfig | None = None) -> np.ndarray:
     """One image of `stage` as uint8 [H, W, 3]; a pure function of its arguments."""
+    return render_scene(stage, index, seed, config)[0]
+
+
+def render_scene(stage: str, index: int, seed: int = 0,
+                 config: RenderConfig | None = None) -> tuple[np.ndarray, SceneParams]:
+    """One image of `stage` and its :class:`~fungizsl.data.scene_params.SceneParams` (what it shows).
+
+    The image is exactly :func:`render_image`'s: describing the scene draws no random numbers.
+    """
     config = config or RenderConfig()
     rng = image_rng(check_stage(stage), index, seed)
     size = config.image_size
     if config.preset == "paper":
         morph = paper_morphology(rng, stage, size)
-        mask = rasterise(build_scene(rng, stage, morph), size, config.supersample)
-        return compose_paper(mask, PAPER_COLOURS[stage])
+        shapes = build_scene(rng, stage, morph)
+        mask = rasterise(shapes, size, config.supersample)
+        scene = describe(stage, "paper", size, shapes.facts, _coverage(mask), colour=PAPER_COLOURS[stage],
+                         spore_arrangement=morph.arrangement)
+        return compose_paper(mask, PAPER_COLOURS[stage]), scene
     style = sample_style(rng, size)
     morph = realistic_morphology(rng, stage, size, config.hyphae_mycelium_overlap)
-    mask = rasterise(build_scene(rng, stage, morph), size, config.supersample)
+    shapes = build_scene(rng, stage, morph)
+    mask = rasterise(shapes, size, config.supersample)
     debris = rasterise(debris_scene(rng, size, style.specks, style.fibres, size / REFERENCE_SIZE), size, 1)
-    return compose_realistic(rng, mask, debris, style, size)
+    scene = describe(stage, "realistic", size, shapes.facts, _coverage(mask), magnification=morph.magnification,
+                     style=style, spore_arrangement=morph.arrangement)
+    return compose_realistic(rng, mask, debris, style, size), scene
+
+
+def _coverage(mask: Image.Image) -> float:
+    return float(np.asarray(mask, dtype=np.float32).mean() / 255.0)
 
 
 def render_batch(stages: str | Sequence[str], indices: Sequence[int], seed: int = 0,
@@ -220,7 +240,7 @@ def realistic_morphology(rng: np.random.Generator, stage: str, size: int, overla
     if stage in ("spore", "germinating_spore"):
         count = density * rng.uniform(15.0, 60.0) / mag**2 / (2.0 if stage == "germinating_spore" else 1.0)
         return Morphology(size, spore_count=int(np.clip(round(count), 2, 200)), germ_fraction=rng.uniform(0.5, 1.0),
-                          germ_length=rng.uniform(1.5, 4.5), **spores)
+                          germ_length=rng.uniform(1.5, 4.5), magnification=mag, **spores)
     ranges = network_ranges(stage, overlap if stage in ("hyphae", "mycelium") else 0.0)
     p = {k: (int(rng.integers(round(lo), round(hi) + 1)) if k in _INT_PARAMS else float(rng.uniform(lo, hi)))
          for k, (lo, hi) in ranges.items()}
@@ -235,7 +255,7 @@ def realistic_morphology(rng: np.random.Generator, stage: str, size: int, overla
                       origin_spore_prob=p["origin_spore_prob"], heads=heads,
                       stalk_length=u * mag * rng.uniform(14.0, 30.0), stalk_width=0.9 * width,
                       chains=int(rng.integers(3, 8)), chain_length=int(rng.integers(3, 9)),
-                      conidium_radius=u * mag * rng.uniform(1.3, 2.3), **spores)
+                      conidium_radius=u * mag * rng.uniform(1.3, 2.3), magnification=mag, **spores)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,6 +409,46 @@ def contact_sheet(config: RenderConfig, per_stage: int = 8, seed: int = 0) -> Im
     return sheet
 
 
+CAPTION_TILE_WIDTH, CAPTION_LINES, CAPTION_LINE_HEIGHT = 300, 9, 14
+
+
+def captioned_sheet(config: RenderConfig, per_stage: int = 4, seed: int = 0,
+                    caption_seed: int = 0) -> tuple[Image.Image, list[tuple[str, int, str]]]:
+    """A contact sheet with each image's scene caption (train phrase bank) written under it.
+
+    Returns the sheet and the (stage, index, caption) of every tile.
+    """
+    import textwrap  # noqa: PLC0415
+
+    from fungizsl.data.scene_pipeline import caption_examples  # noqa: PLC0415
+
+    size = config.image_size
+    cell_w = max(size, CAPTION_TILE_WIDTH)
+    cell_h = size + CAPTION_LINES * CAPTION_LINE_HEIGHT + 3 * SHEET_GAP
+    sheet = Image.new("RGB", (per_stage * (cell_w + SHEET_GAP) + SHEET_GAP,
+                              SHEET_HEADER + len(config.stages) * (cell_h + SHEET_GAP)), (250, 250, 250))
+    draw = ImageDraw.Draw(sheet)
+    font, small = _font(15), _font(12)
+    draw.text((SHEET_GAP, 5), f"fungizsl scene captions  preset={config.preset}  seed={seed}  "
+                              f"caption_seed={caption_seed}  size={size}", fill=(0, 0, 0), font=font)
+    chars = max(20, int(cell_w / 6.3))
+    rendered = [(stage, i, *render_scene(stage, i, seed, config)) for stage in config.stages for i in range(per_stage)]
+    texts = caption_examples([scene for *_, scene in rendered], caption_seed)
+    listing = []
+    for k, ((stage, i, image, _), text) in enumerate(zip(rendered, texts)):
+        row, col = divmod(k, per_stage)
+        x = SHEET_GAP + col * (cell_w + SHEET_GAP)
+        y = SHEET_HEADER + row * (cell_h + SHEET_GAP)
+        sheet.paste(Image.fromarray(image), (x + (cell_w - size) // 2, y))
+        lines = textwrap.wrap(f"[{stage} {i}] {text}", chars)
+        if len(lines) > CAPTION_LINES:
+            lines = lines[: CAPTION_LINES - 1] + [lines[CAPTION_LINES - 1][: chars - 3] + "..."]
+        for n, line in enumerate(lines):
+            draw.text((x, y + size + SHEET_GAP + n * CAPTION_LINE_HEIGHT), line, fill=(0, 0, 0), font=small)
+        listing.append((stage, i, text))
+    return sheet, listing
+
+
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
@@ -407,6 +467,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overlap", type=float, default=0.3, help="hyphae/mycelium overlap in [0, 1] (realistic)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list from {', '.join(ALL_STAGES)}")
+    parser.add_argument("--captions", action="store_true",
+                        help="write each image's scene caption under it (and print the captions)")
     parser.set_defaults(func=run_render_cli)
     return parser
 
@@ -421,7 +483,12 @@ def run_render_cli(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"fungizsl render: {err}", file=sys.stderr)
         return 2
-    sheet = contact_sheet(config, args.per_stage, args.seed)
+    if args.captions:
+        sheet, listing = captioned_sheet(config, args.per_stage, args.seed)
+        for stage, index, text in listing:
+            print(f"{stage} {index}: {text}")
+    else:
+        sheet = contact_sheet(config, args.per_stage, args.seed)
     sheet.save(args.out)
     print(f"wrote {args.out} ({sheet.width}x{sheet.height}, {len(stages)} stages x {args.per_stage})")
     return 0

@@ -8,7 +8,10 @@ splits never share an image: rendered splits use different seeds.
 Captions come from a named source (`fungizsl.data.captions`). For the paper's per-split captions
 (`fungalzsl_split`) each split draws from its own split's texts (training from train, the val
 evaluation from val, the final test from test); other sources (generated captions, templates, a
-user JSONL) have one pool, used for every split.
+user JSONL) have one pool, used for every split. The `scene` source is per image: each rendered
+record carries its scene, and every image gets a caption of itself
+(`fungizsl.data.scene_pipeline`); its zero-shot prompts are `scene_heldout`, written with phrasings
+kept out of training.
 
 Seeds: `config.data_seed` fixes the data set itself (the rendered images of every split, and the
 caption drawn for each training position and each val/test image), so the test set never moves
@@ -24,7 +27,7 @@ from tqdm import tqdm
 from fungizsl.errors import ConfigError
 
 from fungizsl.data import captions as caption_lib
-from fungizsl.data import pipeline, synthetic
+from fungizsl.data import pipeline, scene_pipeline, synthetic
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
@@ -69,7 +72,7 @@ class FungalZSLData:
                                          seed=self.data_seed + SPLIT_SEED_OFFSET[split], render_config=render)
         if not d.get("cache_in_memory", False):
             return source
-        records = [{"image": r["image"], "label": r["label"]}
+        records = [{"image": r["image"], "label": r["label"], "scene": r["scene"]}
                    for r in tqdm((source[i] for i in range(len(source))), total=len(source),
                                  desc=f"render {split} images", leave=False,
                                       disable=not sys.stderr.isatty())]
@@ -92,7 +95,7 @@ class FungalZSLData:
                 raise ConfigError(f"caption source {name!r} needs the FungalZSL caption files: set "
                                   f"--config.data.captions_dir=PATH ({what}); "
                                   + (f"{d.captions_dir!r} does not exist" if d.captions_dir else "it is empty")
-                                  + ", or use --config.data.captions=templates")
+                                  + ", or use --config.data.captions=scene (the default, no files needed)")
         if name == "fungalzsl_split":
             source = caption_lib.get_caption_source(name, root=d.captions_dir, split=split,
                                                     strip_prompt=d.strip_prompt)
@@ -102,12 +105,12 @@ class FungalZSLData:
             given = dict(d.get("class_descriptions") or {})
             source = caption_lib.ListSource([caption_lib.Caption(c, t, name) for c, texts in given.items()
                                              for t in texts], name=name)
-        elif name == "templates":
+        elif name in ("templates", "scene", "scene_heldout"):
             source = caption_lib.get_caption_source(name, classes=list(self.class_names))
         elif name.endswith(".jsonl") or os.path.isfile(name):
             source = caption_lib.get_caption_source("jsonl", path=name)
         else:
-            raise ValueError(f"config.data.captions={name!r}: use fungalzsl_split, fungalzsl_generated, "
+            raise ValueError(f"config.data.captions={name!r}: use scene, fungalzsl_split, fungalzsl_generated, "
                              f"templates, class_descriptions or the path of a JSONL file")
         by_class = source.by_class()
         missing = [c for c in self.class_names if not by_class.get(c)]
@@ -119,10 +122,24 @@ class FungalZSLData:
     def source_label(name: str) -> str:
         return os.path.splitext(os.path.basename(name))[0]
 
+    @property
+    def per_image_captions(self) -> bool:
+        """Whether every image gets a caption of its own scene (caption source `scene`)."""
+        return self.data.captions == "scene"
+
     def tokenizer_corpus(self) -> list[str]:
         """Texts a from-scratch BPE is trained on: the training captions and the class names."""
-        texts = [t for c in self.class_names for t in self.train_captions[c]]
+        if self.per_image_captions:
+            texts = scene_pipeline.sample_captions(self.source("train"), seed=self.data_seed)
+        else:
+            texts = [t for c in self.class_names for t in self.train_captions[c]]
         return texts + [c.replace("_", " ") for c in self.class_names]
+
+    def _caption_args(self, split: str, tokenizer) -> dict:
+        if self.per_image_captions:
+            return {"record_captions": scene_pipeline.SceneCaptions(tokenizer, source_name=f"{split} split")}
+        return {"captions_by_class": self.captions(self.data.captions, split), "class_names": self.class_names,
+                "tokenizer": tokenizer}
 
     # -- iterators ------------------------------------------------------------------------------
 
@@ -130,13 +147,10 @@ class FungalZSLData:
         return pipeline.make_train_iterator(
             self.source("train"), global_batch_size=self.config.batch_size, seed=self.config.seed,
             caption_seed=self.data_seed, image_size=self.data.image_size, augment=self.data.augment,
-            captions_by_class=self.train_captions,
-            class_names=self.class_names, tokenizer=tokenizer, worker_count=self.data.worker_count)
+            worker_count=self.data.worker_count, **self._caption_args("train", tokenizer))
 
     def eval_iterator(self, split: str, batch_size: int, tokenizer):
-        eval_captions = self.captions(self.data.captions, split)
         return pipeline.make_eval_iterator(
             self.source(split), global_batch_size=batch_size, image_size=self.data.image_size,
-            captions_by_class=eval_captions, class_names=self.class_names, tokenizer=tokenizer,
-            seed=self.data_seed)
+            seed=self.data_seed, **self._caption_args(split, tokenizer))
 

@@ -11,11 +11,17 @@ Every image is a pure function of ``(stage, index, seed, render config)``; the s
 disjoint index ranges per stage (train ``[0, n_train)``, val after it, test after that), so the
 three splits never share an image and any record can be re-rendered from its ``index``.
 
+Every record carries its ``scene``: what the renderer drew (spore count and shape, germ tubes,
+branching depth, colonies, coverage, background, magnification, focus, debris, ...) as the JSON of
+a :class:`~fungizsl.data.scene_params.SceneParams`. The input pipeline writes per-image captions
+from it (caption source ``scene``), a fresh phrasing every epoch, without a rebuild.
+
 Captions are *not* copied into the shards by default: the input pipeline samples a caption per
-example from a caption source (:func:`fungizsl.data.captions.get_caption_source`) keyed by
-``class_name``, so a run can swap caption sources or draw a fresh caption every epoch without a
-rebuild. A config with ``caption_source`` set adds a ``caption`` feature holding one caption per
-image, drawn deterministically, for experiments that want the paper's fixed image-text pairs.
+example from a caption source (:func:`fungizsl.data.captions.get_caption_source`), so a run can
+swap caption sources or draw a fresh caption every epoch without a rebuild. A config with
+``caption_source`` set adds a ``caption`` feature holding one caption per image, drawn
+deterministically, for experiments that want fixed image-text pairs (with ``scene``: a caption of
+the image itself; with other sources: a caption of its class).
 
 Record schema (every config)::
 
@@ -23,6 +29,7 @@ Record schema (every config)::
     label       int64 ClassLabel over config.stages
     class_name  bytes             the stage name, e.g. b"hyphae"
     index       int64             render index of the image within its stage
+    scene       bytes             SceneParams JSON of the image (since 1.1.0)
     caption     bytes             only when config.caption_source is set
 
 Build with ``fungizsl build fungal_growth_stages --config realistic_224 --data-dir DIR``.
@@ -107,9 +114,10 @@ BUILDER_CONFIGS = [
 
 
 def _render_one(job: tuple[str, int], seed: int, render_config: synthetic.RenderConfig, encoding: str,
-                quality: int) -> bytes:
+                quality: int) -> tuple[bytes, str]:
     stage, index = job
-    return encode_image(synthetic.render_image(stage, index, seed, render_config), encoding, quality)
+    image, scene = synthetic.render_scene(stage, index, seed, render_config)
+    return encode_image(image, encoding, quality), scene.to_json()
 
 
 class FungalGrowthStages(BuilderBase):
@@ -120,8 +128,8 @@ class FungalGrowthStages(BuilderBase):
     ``if __name__ == "__main__"``, since spawned workers re-import the main module.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Each record carries its scene parameters ('scene')."}
     BUILDER_CONFIGS = BUILDER_CONFIGS
     DEFAULT_BUILDER_CONFIG_NAME = "realistic_224"
 
@@ -137,6 +145,7 @@ class FungalGrowthStages(BuilderBase):
             "label": tfds.features.ClassLabel(names=list(cfg.stages)),
             "class_name": tfds.features.Text(),
             "index": tfds.features.Scalar(np.int64, doc="render index of the image within its stage"),
+            "scene": tfds.features.Text(doc="SceneParams JSON: what the image shows"),
         }
         if cfg.caption_source:
             features["caption"] = tfds.features.Text()
@@ -151,12 +160,15 @@ class FungalGrowthStages(BuilderBase):
         del dl_manager  # everything is rendered
         return {split: self._generate_examples(split) for split in SPLITS if self.builder_config.per_class(split)}
 
-    def _captions(self, split: str) -> dict[str, list[str]] | None:
+    def _captions(self, split: str):
+        """class -> texts of the configured caption source, or the source itself when it is per image."""
         cfg = self.builder_config
         if not cfg.caption_source:
             return None
         from fungizsl.data.captions import get_caption_source  # noqa: PLC0415 (only when asked for)
 
+        if cfg.caption_source == "scene":
+            return get_caption_source("scene", classes=list(cfg.stages), **cfg.caption_kwargs)
         kwargs = dict(cfg.caption_kwargs)
         if cfg.caption_source == "fungalzsl_split" and "split" not in kwargs:
             kwargs["split"] = split  # train images get train captions, test images test captions
@@ -182,12 +194,16 @@ class FungalGrowthStages(BuilderBase):
 
     def _examples(self, jobs, images, captions, split):
         cfg = self.builder_config
-        for (stage, index), image in zip(jobs, images):
-            example = {"image": image, "label": cfg.stages.index(stage), "class_name": stage, "index": index}
+        for (stage, index), (image, scene) in zip(jobs, images):
+            example = {"image": image, "label": cfg.stages.index(stage), "class_name": stage, "index": index,
+                       "scene": scene}
             if captions is not None:
-                texts = captions[stage]
                 rng = np.random.default_rng([cfg.seed, zlib.crc32(split.encode()), zlib.crc32(stage.encode()), index])
-                example["caption"] = texts[int(rng.integers(len(texts)))]
+                if getattr(captions, "per_image", False):
+                    example["caption"] = captions.caption(scene, rng)
+                else:
+                    texts = captions[stage]
+                    example["caption"] = texts[int(rng.integers(len(texts)))]
             yield f"{stage}/{index}", example
 
 
