@@ -60,6 +60,12 @@ class RunCheckpoints:
 def load_params(path: str):
     """Params of an earlier fungizsl run, to initialise a new one: `path` is a workdir (its newest
     step is used) or one step folder `<workdir>/checkpoints/<step>`. Returns numpy arrays."""
+    return load_variables(path)["params"]
+
+
+def load_variables(path: str) -> dict:
+    """Like `load_params`, with the model's other collections too (a ResNet's `batch_stats`):
+    {"params": ..., "batch_stats": ...}."""
     path = os.path.abspath(path)
     if os.path.isdir(os.path.join(path, "checkpoints")):
         path = os.path.join(path, "checkpoints")
@@ -79,4 +85,4 @@ def load_params(path: str):
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           manager.item_metadata(step)[STATE])
     state = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)}))[STATE]
-    return jax.device_get(state["params"])
+    return {k: v for k, v in jax.device_get(state).items() if k not in ("step", "opt_state")}

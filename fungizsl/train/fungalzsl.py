@@ -33,11 +33,18 @@ SUMMARY_FILE = "summary.json"
 # ---------------------------------------------------------------------------------------------
 
 def build_model(config, caption_texts, workdir):
-    """(module, params or None, tokenizer, tokenizer_folder). params is None for a fresh init."""
+    """(module, variables or None, tokenizer, tokenizer_folder). variables ({"params": ...,
+    optional "batch_stats": ...}) is None for a fresh init."""
     init, m = config.model.init, config.model
     if init != "scratch" and os.path.isfile(os.path.join(init, "config.json")):
         model, params = weights.load_pretrained(init, dtype=m.dtype, scan=m.scan, remat=m.remat)
-        return model, params, tokenizers.load_tokenizer(init), init
+        return model, {"params": params}, tokenizers.load_tokenizer(init), init
+    if init != "scratch" and weights.open_clip.is_open_clip_checkpoint(init):
+        model, variables = weights.open_clip.load_open_clip(
+            init, dtype=m.dtype, scan=m.scan, remat=m.remat, image_size=config.data.image_size,
+            frozen_batch_norm=m.get("freeze_bn_stats", False))
+        tokenizer, tokenizer_dir = weights.open_clip.load_open_clip_tokenizer(init, workdir)
+        return model, variables, tokenizer, tokenizer_dir
     tokenizer_dir = os.path.join(workdir, "tokenizer")
     if init != "scratch":  # an earlier fungizsl run: reuse its tokenizer and model shape
         tokenizer_dir = os.path.join(_run_dir(init), "tokenizer")
@@ -49,16 +56,25 @@ def build_model(config, caption_texts, workdir):
     else:
         raise FileNotFoundError(f"{tokenizer_dir} is missing: config.model.init={init!r} is not a fungizsl run")
     clip = two_towers.clip_config(m.arch, dtype=m.dtype, scan=m.scan, remat=m.remat)
+    if two_towers.is_resnet(clip):
+        vision = dataclasses.replace(clip.vision, image_size=config.data.image_size,
+                                     frozen_batch_norm=m.get("freeze_bn_stats", False),
+                                     **({"width": m.resnet_width} if m.get("resnet_width") else {}),
+                                     **({"layers": tuple(m.resnet_layers)} if m.get("resnet_layers") else {}))
+        if m.get("resnet_width"):
+            vision = dataclasses.replace(vision, heads=max(1, vision.width * 32 // 64))
+    else:
+        vision = dataclasses.replace(clip.vision, image_size=config.data.image_size,
+                                     patch_size=m.get("patch_size") or clip.vision.patch_size)
     clip = dataclasses.replace(
-        clip, vision=dataclasses.replace(clip.vision, image_size=config.data.image_size,
-                                         patch_size=m.get("patch_size") or clip.vision.patch_size),
+        clip, vision=vision,
         text=dataclasses.replace(clip.text, vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
                                  context_length=tokenizer.context_length))
     model = two_towers.ClipModel(clip)
-    params = None if init == "scratch" else checkpoint.load_params(init)
-    if params is not None and m.scan and "layers" not in params["vision_model"]["encoder"]:
-        params = stack_layers(params)
-    return model, params, tokenizer, tokenizer_dir
+    variables = None if init == "scratch" else checkpoint.load_variables(init)
+    if variables is not None and m.scan and "layers" not in variables["params"]["vision_model"]["encoder"]:
+        variables["params"] = stack_layers(variables["params"])
+    return model, variables, tokenizer, tokenizer_dir
 
 
 def _run_dir(path):
@@ -68,9 +84,14 @@ def _run_dir(path):
     return path
 
 
+def _variables(state) -> dict:
+    """The model's variables in a train state: params plus any non-parameter collections
+    (a ResNet tower's `batch_stats`)."""
+    return {k: v for k, v in state.items() if k not in ("step", "opt_state")}
+
+
 def _encode(model):
-    def encode(params, images, input_ids):
-        variables = {"params": params}
+    def encode(variables, images, input_ids):
         return (two_towers.l2_normalize(model.apply(variables, images, method="encode_image")),
                 two_towers.l2_normalize(model.apply(variables, input_ids, method="encode_text")))
     return encode
@@ -84,19 +105,32 @@ def make_train_step(model, optimizer, schedule, class_aware: bool):
     encode = _encode(model)
 
     def train_step(state, batch):
-        def loss_fn(params):
-            zimg, ztxt = encode(params, batch["image"], batch["input_ids"])
-            scale = jnp.exp(jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE))
-            return losses.contrastive_loss(zimg, ztxt, scale, labels=batch["label"], class_aware=class_aware)
+        # Collections other than params (a ResNet's batch_stats) are updated by the forward pass.
+        extra = {k: v for k, v in _variables(state).items() if k != "params"}
 
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        def loss_fn(params):
+            variables = {"params": params, **extra}
+            if extra:  # BatchNorm: batch statistics over the global batch (see models/resnet.py)
+                zimg, new_extra = model.apply(variables, batch["image"], train=True, method="encode_image",
+                                              mutable=list(extra))
+                zimg = two_towers.l2_normalize(zimg)
+            else:
+                zimg, new_extra = two_towers.l2_normalize(
+                    model.apply(variables, batch["image"], method="encode_image")), {}
+            ztxt = two_towers.l2_normalize(model.apply(variables, batch["input_ids"], method="encode_text"))
+            scale = jnp.exp(jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE))
+            loss, metrics = losses.contrastive_loss(zimg, ztxt, scale, labels=batch["label"],
+                                                    class_aware=class_aware)
+            return loss, (metrics, new_extra)
+
+        (_, (metrics, new_extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         # CLIP clamps the learnable temperature so that logits never exceed 100.
         params["logit_scale"] = jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE)
         metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
                        temperature_scale=jnp.exp(params["logit_scale"]))
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, **new_extra}, metrics
 
     return train_step
 
@@ -131,12 +165,13 @@ def embed_texts(encode_text_fn, params, tokenizer, texts, mesh, batch_size):
 
 def make_eval_fns(model):
     """Compiled once per run: (encode images and captions, encode captions)."""
-    encode_text = jax.jit(lambda p, ids: two_towers.l2_normalize(
-        model.apply({"params": p}, ids, method="encode_text")))
+    encode_text = jax.jit(lambda variables, ids: two_towers.l2_normalize(
+        model.apply(variables, ids, method="encode_text")))
     return jax.jit(_encode(model)), encode_text
 
 
 def evaluate(config, data, eval_fns, params, mesh, tokenizer, workdir, step):
+    """`params` are the model's variables ({"params": ..., optional "batch_stats": ...})."""
     encode, encode_text = eval_fns
     eval_batch = max(mesh.size, config.get("eval_batch_size", config.batch_size))
     results = {}
@@ -198,30 +233,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # Input and model.
     data = fungalzsl_data.FungalZSLData(config, workdir)
-    model, params, tokenizer, tokenizer_dir = build_model(config, data.tokenizer_corpus(), workdir)
+    model, variables, tokenizer, tokenizer_dir = build_model(config, data.tokenizer_corpus(), workdir)
     train_iter = data.train_iterator(tokenizer)
     if is_main:
         with open(os.path.join(workdir, "fungizsl_config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
     # Optimizer and sharding.
-    init_params = (params if params is not None
-                   else model.init(jax.random.key(config.seed), *weights.clip.dummy_inputs(model.config))["params"])
+    if variables is None:
+        variables = model.init(jax.random.key(config.seed), *weights.clip.dummy_inputs(model.config))
+    init_params = variables["params"]
+    extra = {k: v for k, v in variables.items() if k != "params"}  # e.g. a ResNet's batch_stats
     optimizer, schedule = optim.make_optimizer(
         init_params, learning_rate=config.lr, total_steps=config.total_steps,
         warmup_steps=config.warmup_steps, weight_decay=config.wd, b2=config.optim.b2,
         grad_clip_norm=config.optim.grad_clip_norm, frozen=tuple(config.optim.frozen),
         layer_decay=config.optim.layer_decay)
 
-    def init_state(p):
-        return {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": optimizer.init(p)}
+    def init_state(p, extra):
+        return {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": optimizer.init(p), **extra}
 
-    abstract = jax.eval_shape(init_state, init_params)
+    abstract = jax.eval_shape(init_state, init_params, extra)
     rules = tuple(tuple(r) for r in config.sharding_rules)
     state_sharding = sharding.fsdp_sharding(abstract, mesh, rules) if rules else jax.tree.map(
         lambda _: sharding.replicated(mesh), abstract)
-    state = jax.jit(init_state, out_shardings=state_sharding)(init_params)
-    del init_params, params
+    state = jax.jit(init_state, out_shardings=state_sharding)(init_params, extra)
+    del init_params, variables, extra
 
     # Update step.
     step_fn = jax.jit(make_train_step(model, optimizer, schedule, config.loss.class_aware),
@@ -260,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if writer:
                 metrics_io.write_scalars(writer, metrics, step, prefix="train")
         if step % config.eval_every == 0 or step == config.total_steps:
-            results = evaluate(config, data, eval_fns, state["params"], mesh, tokenizer, workdir, step)
+            results = evaluate(config, data, eval_fns, _variables(state), mesh, tokenizer, workdir, step)
             last_eval = step
             if writer:
                 metrics_io.write_scalars(writer, results, step, prefix="eval")
@@ -275,19 +312,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.makedirs(os.path.join(workdir, "audit"), exist_ok=True)
         np.save(os.path.join(workdir, "audit", f"process_{jax.process_index()}.npy"), np.stack(audit))
     if not results:  # resumed after the last step: evaluate the restored state
-        results = evaluate(config, data, eval_fns, state["params"], mesh, tokenizer, workdir,
+        results = evaluate(config, data, eval_fns, _variables(state), mesh, tokenizer, workdir,
                            int(state["step"]))
     summary = summarise(results, data.class_names)
     summary.update(step=int(state["step"]), arch=config.model.arch, init=config.model.init,
                    captions=config.data.captions, preset=config.data.preset)
     # Every process takes part in gathering (FSDP-sharded params span hosts); one writes.
-    export = (multihost_utils.process_allgather(state["params"], tiled=True) if config.get("export_hf", True)
+    export = (multihost_utils.process_allgather(_variables(state), tiled=True) if config.get("export_hf", True)
               else None)
     if is_main:
         metrics_io.write_json(os.path.join(workdir, SUMMARY_FILE), summary)
         metrics_io.write_json(os.path.join(workdir, "eval_metrics.json"), results)
-        if export is not None:  # usable from PyTorch: transformers.CLIPModel.from_pretrained
-            weights.export_pretrained(model, export, os.path.join(workdir, "hf_export"), tokenizer_from=tokenizer_dir)
+        if export is not None and two_towers.is_resnet(model.config):  # no HF class: open_clip format
+            weights.open_clip.export_open_clip(model, export, os.path.join(workdir, "open_clip_export"),
+                                               tokenizer_from=tokenizer_dir)
+        elif export is not None:  # usable from PyTorch: transformers.CLIPModel.from_pretrained
+            weights.export_pretrained(model, export["params"], os.path.join(workdir, "hf_export"),
+                                      tokenizer_from=tokenizer_dir)
         if writer:
             writer.close()
     return summary
