@@ -30,6 +30,7 @@ TEST = [
     "pytest>=8,<10",
     # PyTorch is only the numerical reference for parity tests; never imported at run time.
     "torch==2.13.0",
+    # open_clip_torch==3.3.0 (parity reference, CLIP BPE vocabulary): launch/setup_env.sh installs it --no-deps.
 ]
 
 setup(

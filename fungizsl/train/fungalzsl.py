@@ -41,7 +41,7 @@ def build_model(config, caption_texts, workdir):
         return model, {"params": params}, tokenizers.load_tokenizer(init), init
     if init != "scratch" and weights.open_clip.is_open_clip_checkpoint(init):
         model, variables = weights.open_clip.load_open_clip(
-            init, dtype=m.dtype, scan=m.scan, remat=m.remat, image_size=config.data.image_size,
+            init, dtype=m.dtype, scan=m.scan, remat=m.remat,
             frozen_batch_norm=m.get("freeze_bn_stats", False))
         tokenizer, tokenizer_dir = weights.open_clip.load_open_clip_tokenizer(init, workdir)
         return model, variables, tokenizer, tokenizer_dir

@@ -475,8 +475,10 @@ def load_open_clip_tokenizer(path: str, out_dir: str | None = None, context_leng
         context_length = read_model_config(folder)["text_cfg"].get("context_length", 77) \
             if os.path.isfile(os.path.join(folder, CONFIG_FILE)) else 77
     has_files = any(os.path.isfile(os.path.join(folder, n)) for n in ("tokenizer.json", "vocab.json"))
-    if has_files:
-        return tokenizers.load_clip_tokenizer(folder, context_length, pad_id=0), folder
+    if has_files:  # CLIP's BPE padded with 0 as open_clip does, or our own BPE of a fungizsl export
+        kind = tokenizers.detect_tokenizer_kind(folder)
+        pad = 0 if kind == tokenizers.CLIP else None
+        return tokenizers.load_tokenizer(folder, context_length, pad_id=pad), folder
     tokenizer = tokenizers.open_clip_bpe_tokenizer(out_dir, context_length=context_length)
     logging.info("%s has no tokenizer files: using the CLIP BPE vocabulary of the open_clip package", folder)
     return tokenizer, out_dir
