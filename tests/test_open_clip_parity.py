@@ -193,3 +193,13 @@ def test_open_clip_tokenizer_matches_open_clip(tmp_path):
     theirs = ref.open_clip_module("tokenizer").SimpleTokenizer(context_length=77)
     np.testing.assert_array_equal(ours(texts)["input_ids"], theirs(texts).numpy())
     assert ours.pad_id == 0 and ours.eot_id == 49407 and ours.vocab_size == 49408
+
+
+def test_torchscript_archives_are_read_as_state_dicts(tmp_path):
+    """OpenAI's original RN50.pt etc. are TorchScript archives, which torch.load(weights_only=True)
+    refuses; read_state_dict falls back to torch.jit.load and takes its state dict."""
+    linear = torch.nn.Linear(2, 3)
+    torch.jit.script(linear).save(str(tmp_path / "scripted.pt"))
+    tensors = oc.read_state_dict(str(tmp_path / "scripted.pt"))
+    assert sorted(tensors) == ["bias", "weight"]
+    np.testing.assert_array_equal(tensors["weight"], linear.weight.detach().numpy())

@@ -39,13 +39,13 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import save_file
+from etils import epath
+from safetensors.numpy import save as save_safetensors
 
 from fungizsl import tokenizers
 from fungizsl.models import clip_text, resnet, two_towers, vit
@@ -445,24 +445,24 @@ def state_dict_from_variables(variables: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def export_open_clip(model, variables: dict, out_dir: str, tokenizer_from: str | None = None) -> str:
+def export_open_clip(model, variables: dict, out_dir, tokenizer_from=None) -> str:
     """Writes `open_clip_config.json` + `open_clip_model.safetensors` (fp32); copies the tokenizer
-    files of `tokenizer_from` if given. `open_clip.create_model("local-dir:" + out_dir)` rebuilds
-    it in PyTorch. Returns out_dir."""
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(state_dict_from_variables(variables), os.path.join(out_dir, EXPORT_WEIGHTS),
-              metadata={"format": "pt"})
+    files of `tokenizer_from` if given. Both may be local folders or URIs (`gs://...`).
+    `open_clip.create_model("local-dir:" + out_dir)` rebuilds it in PyTorch. Returns out_dir."""
+    out = epath.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / EXPORT_WEIGHTS).write_bytes(save_safetensors(state_dict_from_variables(variables),
+                                                        metadata={"format": "pt"}))
     config = {"model_cfg": config_to_open_clip(model.config),
               "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)}}
-    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-        json.dump(config, f, indent=2)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     if tokenizer_from:
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                      "special_tokens_map.json", tokenizers.BPE_METADATA_FILE):
-            src = os.path.join(tokenizer_from, name)
-            if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(os.path.join(out_dir, name)):
-                shutil.copy(src, os.path.join(out_dir, name))
-    return out_dir
+            src = epath.Path(tokenizer_from) / name
+            if src.is_file() and str(src) != str(out / name):
+                (out / name).write_bytes(src.read_bytes())
+    return str(out_dir)
 
 
 def load_open_clip_tokenizer(path: str, out_dir: str | None = None, context_length: int | None = None):
