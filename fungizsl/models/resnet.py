@@ -92,7 +92,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "rn50x4": _rn((4, 6, 10, 6), 80, 288, 640),
     "rn50x16": _rn((6, 8, 18, 8), 96, 384, 768),
     "rn50x64": _rn((3, 15, 36, 10), 128, 448, 1024),
-    # ~1.4 M parameters; feature width 512 with 8 attention-pool heads of 64.
+    # 1.3 M parameters; feature width 512 with 8 attention-pool heads of 64.
     "rn_tiny": _rn((1, 1, 1, 1), 16, 96, 32),
 }
 

@@ -3,8 +3,9 @@
 Rani, Arroyo, Durdevic (2025), "FungalZSL: Zero-Shot Fungal Classification with Image Captioning
 Using a Synthetic Data Approach". This module is the paper's :class:`~fungizsl.train.core.Task`:
 the CLIP model with a ViT or modified-ResNet image tower (from scratch with a BPE trained on the
-captions, from a Hugging Face or open_clip folder, or from an earlier run), the loss ``L_image + L_text`` (optionally class-aware), the evaluators
-(zero-shot accuracy, Recall@K) and the Hugging Face export. The loop is :mod:`fungizsl.train.core`.
+captions, from a Hugging Face or open_clip folder, or from an earlier run), the loss
+``L_image + L_text`` (optionally class-aware), the evaluators (zero-shot accuracy, Recall@K) and
+the export (Hugging Face, or open_clip for a ResNet tower). The loop is :mod:`fungizsl.train.core`.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def make_tokenizer(config, corpus, workdir: epath.Path):
     if _is_hf_folder(init):
         return tokenizers.load_tokenizer(init), epath.Path(init)
     if _is_open_clip_folder(init):  # its own tokenizer files, else CLIP's BPE (same on every process)
-        tokenizer, folder = weights.open_clip.load_open_clip_tokenizer(init, tempfile.mkdtemp(prefix="open_clip_bpe_"))
+        local = tempfile.mkdtemp(prefix="open_clip_bpe_")
+        tokenizer, folder = weights.open_clip.load_open_clip_tokenizer(init, local)
         return tokenizer, epath.Path(folder)
     folder = workdir / "tokenizer" if init == "scratch" else _run_dir(init) / "tokenizer"
     exists = (folder / "tokenizer.json").exists()
@@ -287,7 +289,8 @@ def make_task(config, workdir: epath.Path, mesh) -> core.Task:
             weights.open_clip.export_open_clip(model, variables, str(out_dir / "open_clip_export"),
                                                tokenizer_from=str(tokenizer_dir))
         else:  # usable from PyTorch: transformers.CLIPModel.from_pretrained
-            weights.export_pretrained(model, variables["params"], out_dir / "hf_export", tokenizer_from=tokenizer_dir)
+            weights.export_pretrained(model, variables["params"], out_dir / "hf_export",
+                                      tokenizer_from=tokenizer_dir)
 
     return core.Task(
         name="fungalzsl",

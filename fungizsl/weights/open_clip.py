@@ -43,8 +43,8 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 from etils import epath
+from flax import traverse_util
 from safetensors.numpy import save as save_safetensors
 
 from fungizsl import tokenizers
@@ -132,7 +132,8 @@ def _square(size, what: str) -> int:
 
 
 def config_from_open_clip(model_cfg: dict, dtype: str = "float32", scan: bool = False, remat: bool = False,
-                          frozen_batch_norm: bool = False, source: str = "open_clip config") -> two_towers.ClipConfig:
+                          frozen_batch_norm: bool = False,
+                          source: str = "open_clip config") -> two_towers.ClipConfig:
     """Our ClipConfig for an open_clip `model_cfg` (the JSON's `model_cfg` entry)."""
     v, t = dict(model_cfg.get("vision_cfg", {})), dict(model_cfg.get("text_cfg", {}))
     problems = (_option_problems("model_cfg", model_cfg, _MODEL_OPTIONS)
@@ -191,7 +192,8 @@ def config_to_open_clip(cfg: two_towers.ClipConfig) -> dict:
             vision_cfg["norm_kwargs"] = {"eps": v.layer_norm_eps}
         acts = {t.mlp_act, v.mlp_act}
     if not acts <= {"quick_gelu", "gelu"} or len(acts) > 1:
-        raise ValueError(f"open_clip needs one activation, QuickGELU or GELU, for both towers; got {sorted(acts)}")
+        raise ValueError("open_clip needs one activation, QuickGELU or GELU, for both towers; "
+                         f"got {sorted(acts)}")
     return dict(embed_dim=cfg.projection_dim, quick_gelu=acts == {"quick_gelu"}, vision_cfg=vision_cfg,
                 text_cfg=text_cfg, init_logit_scale=cfg.logit_scale_init)
 
@@ -241,7 +243,8 @@ def open_clip_key(collection: str, path: tuple[str, ...]) -> tuple[str, str, int
         if rest in fixed:
             return (*fixed[rest], None)
         if rest[0] in ("pre_layrnorm", "post_layernorm"):
-            return f"visual.ln_{'pre' if rest[0] == 'pre_layrnorm' else 'post'}.{_LEAF[rest[1]]}", "copy", None
+            where = "pre" if rest[0] == "pre_layrnorm" else "post"
+            return f"visual.ln_{where}.{_LEAF[rest[1]]}", "copy", None
         if rest[0] == "encoder":
             return _block_key(f"visual.transformer.resblocks.{rest[1].split('_')[1]}", rest[2:])
     if head == "vision_model":  # the modified ResNet: names already follow open_clip's
@@ -336,7 +339,8 @@ def _read_torch_pickle(path: str) -> dict[str, np.ndarray]:
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} does not hold a state dict (found {type(checkpoint).__name__})")
-    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in checkpoint.items()}
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in checkpoint.items()}
 
 
 def read_model_config(path: str, model_name: str | None = None) -> dict:
@@ -379,7 +383,8 @@ def load_open_clip(path: str, model_name: str | None = None, dtype: str = "float
     model = two_towers.ClipModel(config)
     variables = variables_from_state_dict(model, read_state_dict(weights_path), source=weights_path)
     if scan:  # the transformer towers' layers stacked for nn.scan (a ResNet tower has none)
-        vision = config.vision if two_towers.is_resnet(config) else dataclasses.replace(config.vision, scan=True)
+        vision = (config.vision if two_towers.is_resnet(config)
+                  else dataclasses.replace(config.vision, scan=True))
         config = dataclasses.replace(config, vision=vision, text=dataclasses.replace(config.text, scan=True))
         model = two_towers.ClipModel(config)
         variables["params"] = stack_layers(variables["params"])
