@@ -203,3 +203,18 @@ def test_torchscript_archives_are_read_as_state_dicts(tmp_path):
     tensors = oc.read_state_dict(str(tmp_path / "scripted.pt"))
     assert sorted(tensors) == ["bias", "weight"]
     np.testing.assert_array_equal(tensors["weight"], linear.weight.detach().numpy())
+
+
+def test_scan_layout_gives_the_same_features(tmp_path):
+    torch_model = ref.build_tiny(ref.TINY_VIT, seed=7)
+    folder = ref.save_folder(torch_model, ref.TINY_VIT, tmp_path / "ckpt")
+    images = jnp.asarray(np.random.RandomState(4).randn(2, 32, 32, 3).astype(np.float32))
+    ids = jnp.asarray(ref.token_ids())
+    (plain, plain_vars), (scanned, scanned_vars) = oc.load_open_clip(folder), oc.load_open_clip(folder, scan=True)
+    assert "layers" in scanned_vars["params"]["vision_model"]["encoder"]
+    want = plain.apply(plain_vars, images, ids)
+    got = scanned.apply(scanned_vars, images, ids)
+    assert max_diff(want["logits_per_image"], got["logits_per_image"]) < 1e-5
+    out = oc.export_open_clip(scanned, scanned_vars, str(tmp_path / "out"))  # unstacked on export
+    assert "visual.transformer.resblocks.1.attn.in_proj_weight" in oc.read_state_dict(
+        os.path.join(out, "open_clip_model.safetensors"))
