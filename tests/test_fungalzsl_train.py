@@ -97,3 +97,42 @@ def test_the_default_captions_need_nothing_outside_the_clone(tmp_path):
     assert summary["captions"] == "scene"
     assert set(summary["zeroshot_accuracy_by_caption_source"]) == {"scene_heldout", "templates"}
     assert summary["instance_recall@1_image_to_text"] is not None
+
+
+def test_resnet_tower_trains_carries_batch_stats_and_exports_open_clip(tmp_path):
+    """rn_tiny end to end: BatchNorm statistics move during training, are checkpointed with the
+    state, the run exports an open_clip folder, and a new run initialised from it (open_clip
+    init) starts from the same parameters and statistics."""
+    import numpy as np
+
+    from fungizsl.train import checkpoint
+    from fungizsl.weights import open_clip
+
+    run = tmp_path / "rn"
+    finish(_train(run, "--config.model.arch=rn_tiny"))
+    variables = checkpoint.load_variables(str(run))
+    means = [np.asarray(v) for v in jax_leaves(variables["batch_stats"])]
+    assert means and any(np.abs(m).max() > 0 for m in means), "running statistics never moved"
+    export = run / "open_clip_export"
+    model, loaded = open_clip.load_open_clip(str(export))
+    assert_same_structure(variables, loaded)
+    for a, b in zip(jax_leaves(variables), jax_leaves(loaded)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=0)
+    again = tmp_path / "from_open_clip"
+    finish(_train(again, "--config.model.arch=rn_tiny",
+                  f"--config.model.init={export}", "--config.total_steps=1", "--config.warmup_steps=0",
+                  "--config.lr=1e-12", "--config.model.freeze_bn_stats=True", "--config.export_hf=False"))
+    restarted = checkpoint.load_variables(str(again))
+    assert_same_structure(variables, restarted)
+    for a, b in zip(jax_leaves(variables), jax_leaves(restarted)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def jax_leaves(tree):
+    import jax
+    return jax.tree.leaves(tree)
+
+
+def assert_same_structure(a, b):
+    import jax
+    assert jax.tree.structure(a) == jax.tree.structure(b), "the two variable trees differ in structure"

@@ -32,7 +32,9 @@ class ClipTextConfig:
 
 VARIANTS = {
     "clip_b": dict(width=512, depth=12, heads=8, mlp_dim=2048),  # ViT-B/32 and B/16
-    "clip_l": dict(width=768, depth=12, heads=12, mlp_dim=3072),  # ViT-L/14 and L/14@336
+    "clip_l": dict(width=768, depth=12, heads=12, mlp_dim=3072),  # ViT-L/14, L/14@336, RN50x16
+    "clip_rn50x4": dict(width=640, depth=12, heads=10, mlp_dim=2560),
+    "clip_rn50x64": dict(width=1024, depth=12, heads=16, mlp_dim=4096),
     "clip_tiny": dict(width=64, depth=2, heads=4, mlp_dim=256, context_length=16, vocab_size=1000,
                       eot_token_id=999),
 }

@@ -1,10 +1,14 @@
 """Two-tower CLIP (Radford et al. 2021) as fine-tuned by FungalZSL (Rani, Arroyo, Durdevic 2025).
 
-An image tower (`vit.py`, CLIP flavour) and a text tower (`clip_text.py`), each followed by a
-bias-free linear projection into the joint space, and a learnable log logit scale initialised
+An image tower and a text tower (`clip_text.py`) mapped into one joint space, and a learnable log logit scale initialised
 at log(1/0.07) and clamped at log(100) as in CLIP training. `encode_image` / `encode_text`
 return unnormalised projected features (as Hugging Face's get_image_features); `__call__`
 returns both, L2-normalised, and the similarity logits.
+
+The image tower is either CLIP's ViT (`vit.py`), followed like the text tower by a bias-free
+linear projection, or CLIP's modified ResNet (`resnet.py`), whose attention pool projects into
+the joint space itself. A ResNet tower carries BatchNorm statistics in the `batch_stats`
+collection: pass `train=True` (and `mutable=["batch_stats"]`) in the training step.
 """
 
 import dataclasses
@@ -14,14 +18,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fungizsl.models import clip_text, vit
+from fungizsl.models import clip_text, resnet, vit
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class ClipConfig:
-    vision: vit.ViTConfig
+    vision: vit.ViTConfig | resnet.ResNetConfig
     text: clip_text.ClipTextConfig
     projection_dim: int = 512
     logit_scale_init: float = math.log(1 / 0.07)
@@ -34,7 +38,18 @@ ARCHITECTURES = {
     "l14": ("clip_l14", "clip_l", 768),
     "l14_336": ("clip_l14_336", "clip_l", 768),
     "tiny": ("clip_tiny", "clip_tiny", 32),  # tests and CPU runs
+    # CLIP's modified ResNets (open_clip's RN*.json); the projection dim is the attention pool's output.
+    "rn50": ("rn50", "clip_b", 1024),
+    "rn101": ("rn101", "clip_b", 512),
+    "rn50x4": ("rn50x4", "clip_rn50x4", 640),
+    "rn50x16": ("rn50x16", "clip_l", 768),
+    "rn50x64": ("rn50x64", "clip_rn50x64", 1024),
+    "rn_tiny": ("rn_tiny", "clip_tiny", 32),  # CPU runs at 96 px
 }
+
+
+def is_resnet(config: ClipConfig) -> bool:
+    return isinstance(config.vision, resnet.ResNetConfig)
 
 
 def clip_config(arch: str, dtype: str = "float32", scan: bool = False, remat: bool = False) -> ClipConfig:
@@ -42,7 +57,11 @@ def clip_config(arch: str, dtype: str = "float32", scan: bool = False, remat: bo
         raise ValueError(f"unknown CLIP architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
     vision, text, dim = ARCHITECTURES[arch]
     runtime = dict(dtype=dtype, scan=scan, remat=remat)
-    return ClipConfig(vit.vit_config(vision, **runtime), clip_text.clip_text_config(text, **runtime), dim)
+    if vision in resnet.VARIANTS:
+        vision_config = resnet.resnet_config(vision, output_dim=dim, dtype=dtype)
+    else:
+        vision_config = vit.vit_config(vision, **runtime)
+    return ClipConfig(vision_config, clip_text.clip_text_config(text, **runtime), dim)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -55,13 +74,22 @@ class ClipModel(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.vision_model = vit.VisionTransformer(cfg.vision)
+        if is_resnet(cfg):
+            if cfg.vision.output_dim != cfg.projection_dim:
+                raise ValueError(f"ResNet tower output_dim {cfg.vision.output_dim} differs from "
+                                 f"projection_dim {cfg.projection_dim}")
+            self.vision_model = resnet.ModifiedResNet(cfg.vision)
+        else:
+            self.vision_model = vit.VisionTransformer(cfg.vision)
+            self.visual_projection = nn.Dense(cfg.projection_dim, use_bias=False, dtype=cfg.vision.dtype)
         self.text_model = clip_text.ClipTextTransformer(cfg.text)
-        self.visual_projection = nn.Dense(cfg.projection_dim, use_bias=False, dtype=cfg.vision.dtype)
         self.text_projection = nn.Dense(cfg.projection_dim, use_bias=False, dtype=cfg.text.dtype)
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(cfg.logit_scale_init), ())
 
-    def encode_image(self, images: jax.Array) -> jax.Array:
+    def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """`train` only matters for a ResNet tower: normalise with the batch's statistics."""
+        if is_resnet(self.config):
+            return self.vision_model(images, train=train)["pooled"].astype(jnp.float32)
         return self.visual_projection(self.vision_model(images)["pooled"]).astype(jnp.float32)
 
     def encode_text(self, input_ids: jax.Array) -> jax.Array:
@@ -71,8 +99,8 @@ class ClipModel(nn.Module):
         """exp(logit_scale), with the log scale clamped at log(100) as CLIP does."""
         return jnp.exp(jnp.minimum(self.logit_scale, MAX_LOGIT_SCALE))
 
-    def __call__(self, images: jax.Array, input_ids: jax.Array) -> dict[str, jax.Array]:
-        zimg = l2_normalize(self.encode_image(images))
+    def __call__(self, images: jax.Array, input_ids: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        zimg = l2_normalize(self.encode_image(images, train=train))
         ztxt = l2_normalize(self.encode_text(input_ids))
         logits_per_image = self.temperature_scale() * zimg @ ztxt.T
         return {"zimg": zimg, "ztxt": ztxt, "logits_per_image": logits_per_image,

@@ -74,6 +74,12 @@ class RunCheckpoints:
 def load_params(path):
     """Params of an earlier fungizsl run, to initialise a new one: `path` is a workdir (its newest
     step is used) or one step folder `<workdir>/checkpoints/<step>`. Returns numpy arrays."""
+    return load_variables(path)["params"]
+
+
+def load_variables(path) -> dict:
+    """Like `load_params`, with the model's other collections too (a ResNet's `batch_stats`):
+    {"params": ..., "batch_stats": ...}."""
     path = workdir_lib.as_path(path)
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
@@ -93,4 +99,5 @@ def load_params(path):
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           manager.item_metadata(step)[STATE])
     state = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)}))[STATE]
-    return jax.device_get(state["params"])
+    state = jax.device_get(state)
+    return {"params": state["params"], **state.get("extra", {})}

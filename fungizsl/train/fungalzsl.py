@@ -2,9 +2,10 @@
 
 Rani, Arroyo, Durdevic (2025), "FungalZSL: Zero-Shot Fungal Classification with Image Captioning
 Using a Synthetic Data Approach". This module is the paper's :class:`~fungizsl.train.core.Task`:
-the CLIP model (from scratch with a BPE trained on the captions, from a Hugging Face folder, or
-from an earlier run), the loss ``L_image + L_text`` (optionally class-aware), the evaluators
-(zero-shot accuracy, Recall@K) and the Hugging Face export. The loop is :mod:`fungizsl.train.core`.
+the CLIP model with a ViT or modified-ResNet image tower (from scratch with a BPE trained on the
+captions, from a Hugging Face or open_clip folder, or from an earlier run), the loss
+``L_image + L_text`` (optionally class-aware), the evaluators (zero-shot accuracy, Recall@K) and
+the export (Hugging Face, or open_clip for a ResNet tower). The loop is :mod:`fungizsl.train.core`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from fungizsl import losses, placement, tokenizers, weights
 from fungizsl import workdir as workdir_lib
 from fungizsl.evaluate import run_evaluators
-from fungizsl.models import two_towers
+from fungizsl.models import resnet, two_towers
 from fungizsl.train import checkpoint, core, fungalzsl_data
 from fungizsl.weights.convert import stack_layers
 
@@ -38,6 +39,10 @@ SUMMARY_FILE = core.SUMMARY_FILE
 
 def _is_hf_folder(init: str) -> bool:
     return init != "scratch" and (epath.Path(init) / "config.json").is_file()
+
+
+def _is_open_clip_folder(init: str) -> bool:
+    return init != "scratch" and weights.open_clip.is_open_clip_checkpoint(init)
 
 
 def _run_dir(path) -> epath.Path:
@@ -55,6 +60,10 @@ def make_tokenizer(config, corpus, workdir: epath.Path):
     init, m = config.model.init, config.model
     if _is_hf_folder(init):
         return tokenizers.load_tokenizer(init), epath.Path(init)
+    if _is_open_clip_folder(init):  # its own tokenizer files, else CLIP's BPE (same on every process)
+        local = tempfile.mkdtemp(prefix="open_clip_bpe_")
+        tokenizer, folder = weights.open_clip.load_open_clip_tokenizer(init, local)
+        return tokenizer, epath.Path(folder)
     folder = workdir / "tokenizer" if init == "scratch" else _run_dir(init) / "tokenizer"
     exists = (folder / "tokenizer.json").exists()
     workdir_lib.barrier("tokenizer_checked")  # every process has looked before anyone writes
@@ -73,27 +82,43 @@ def make_tokenizer(config, corpus, workdir: epath.Path):
     return tokenizer, folder
 
 
+def _vision_config(config, vision):
+    """The architecture's image tower at the data's resolution, with the from-scratch overrides."""
+    m = config.model
+    if isinstance(vision, resnet.ResNetConfig):
+        width = m.get("resnet_width") or vision.width
+        return dataclasses.replace(vision, image_size=config.data.image_size, width=width,
+                                   heads=vision.heads if width == vision.width else max(1, width * 32 // 64),
+                                   layers=tuple(m.get("resnet_layers") or vision.layers),
+                                   frozen_batch_norm=m.get("freeze_bn_stats", False))
+    return dataclasses.replace(vision, image_size=config.data.image_size,
+                               patch_size=m.get("patch_size") or vision.patch_size)
+
+
 def build_model(config, tokenizer):
-    """(module, host params or None). params is None for a fresh init."""
+    """(module, host variables or None): {"params": ...} plus "batch_stats" for a ResNet tower;
+    None for a fresh init."""
     init, m = config.model.init, config.model
     if _is_hf_folder(init):
-        return weights.load_pretrained(init, dtype=m.dtype, scan=m.scan, remat=m.remat)
+        model, params = weights.load_pretrained(init, dtype=m.dtype, scan=m.scan, remat=m.remat)
+        return model, {"params": params}
+    if _is_open_clip_folder(init):
+        return weights.open_clip.load_open_clip(init, dtype=m.dtype, scan=m.scan, remat=m.remat,
+                                                frozen_batch_norm=m.get("freeze_bn_stats", False))
     clip = two_towers.clip_config(m.arch, dtype=m.dtype, scan=m.scan, remat=m.remat)
     clip = dataclasses.replace(
-        clip, vision=dataclasses.replace(clip.vision, image_size=config.data.image_size,
-                                         patch_size=m.get("patch_size") or clip.vision.patch_size),
+        clip, vision=_vision_config(config, clip.vision),
         text=dataclasses.replace(clip.text, vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
                                  context_length=tokenizer.context_length))
     model = two_towers.ClipModel(clip)
-    params = None if init == "scratch" else checkpoint.load_params(init)
-    if params is not None and m.scan and "layers" not in params["vision_model"]["encoder"]:
-        params = stack_layers(params)
-    return model, params
+    variables = None if init == "scratch" else checkpoint.load_variables(init)
+    if variables is not None and m.scan and "layers" not in variables["params"]["vision_model"]["encoder"]:
+        variables["params"] = stack_layers(variables["params"])
+    return model, variables
 
 
 def _encode(model):
-    def encode(params, images, input_ids):
-        variables = {"params": params}
+    def encode(variables, images, input_ids):
         return (two_towers.l2_normalize(model.apply(variables, images, method="encode_image")),
                 two_towers.l2_normalize(model.apply(variables, input_ids, method="encode_text")))
     return encode
@@ -109,7 +134,14 @@ def make_loss_fn(model, class_aware: bool, combine: str):
 
     def loss_fn(params, extra, batch, rng):
         del rng  # CLIP has no dropout
-        zimg, ztxt = encode(params, batch["image"], batch["input_ids"])
+        variables = {"params": params, **extra}
+        if extra:  # a ResNet tower: BatchNorm on the global batch's statistics (models/resnet.py)
+            zimg, extra = model.apply(variables, batch["image"], train=True, method="encode_image",
+                                      mutable=list(extra))
+            zimg = two_towers.l2_normalize(zimg)
+            ztxt = two_towers.l2_normalize(model.apply(variables, batch["input_ids"], method="encode_text"))
+        else:
+            zimg, ztxt = encode(variables, batch["image"], batch["input_ids"])
         scale = jnp.exp(jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE))
         loss, metrics = losses.contrastive_loss(zimg, ztxt, scale, labels=batch["label"],
                                                 class_aware=class_aware, combine=combine)
@@ -124,8 +156,8 @@ def clamp_logit_scale(params):
 
 
 def init_fn(model):
-    def init_variables(rng):
-        return {"params": model.init(rng, *weights.clip.dummy_inputs(model.config))["params"]}
+    def init_variables(rng):  # params, and a ResNet tower's batch_stats
+        return dict(model.init(rng, *weights.clip.dummy_inputs(model.config)))
     return init_variables
 
 
@@ -177,13 +209,13 @@ class Evaluation:
     def __init__(self, config, data, model, tokenizer, mesh):
         self.config, self.data, self.tokenizer, self.mesh = config, data, tokenizer, mesh
         self.encode = jax.jit(_encode(model))
-        self.encode_text = jax.jit(lambda p, ids: two_towers.l2_normalize(
-            model.apply({"params": p}, ids, method="encode_text")))
+        self.encode_text = jax.jit(lambda variables, ids: two_towers.l2_normalize(
+            model.apply(variables, ids, method="encode_text")))
         size = max(mesh.size, config.get("eval_batch_size", config.batch_size))
         self.batch_size = -(-size // mesh.size) * mesh.size
 
     def __call__(self, variables, split, evals, step, out_dir):
-        params, data = variables["params"], self.data
+        params, data = variables, self.data  # all collections (a ResNet's batch_stats too)
         zimg, ztxt, labels = embed_split(self.encode, params,
                                          data.eval_iterator(split, self.batch_size, self.tokenizer),
                                          self.mesh, f"embed {split} images (step {step})")
@@ -250,15 +282,20 @@ def describe(results: dict) -> str:
 def make_task(config, workdir: epath.Path, mesh) -> core.Task:
     data = fungalzsl_data.FungalZSLData(config)
     tokenizer, tokenizer_dir = make_tokenizer(config, data.tokenizer_corpus(), workdir)
-    model, params = build_model(config, tokenizer)
+    model, variables = build_model(config, tokenizer)
 
-    def export(variables, out_dir):  # usable from PyTorch: transformers.CLIPModel.from_pretrained
-        weights.export_pretrained(model, variables["params"], out_dir / "hf_export", tokenizer_from=tokenizer_dir)
+    def export(variables, out_dir):
+        if two_towers.is_resnet(model.config):  # no Hugging Face class for it: open_clip's format
+            weights.open_clip.export_open_clip(model, variables, str(out_dir / "open_clip_export"),
+                                               tokenizer_from=str(tokenizer_dir))
+        else:  # usable from PyTorch: transformers.CLIPModel.from_pretrained
+            weights.export_pretrained(model, variables["params"], out_dir / "hf_export",
+                                      tokenizer_from=tokenizer_dir)
 
     return core.Task(
         name="fungalzsl",
         init_variables=init_fn(model),
-        load_variables=(lambda: {"params": params}) if params is not None else None,
+        load_variables=(lambda: variables) if variables is not None else None,
         loss_fn=make_loss_fn(model, config.loss.class_aware, config.loss.get("combine", "mean")),
         post_update=clamp_logit_scale,
         train_iterator=data.train_iterator(tokenizer),

@@ -4,6 +4,9 @@
     model, params = load_pretrained("/ckpt/dinov2-small", scan=True)   # Dinov2Model -> ViT
     export_pretrained(model, params, "/out/finetuned")                  # loadable by transformers
 
+open_clip-format checkpoints (BioCLIP, BioCLIP 2, OpenAI's RN50 ... and ViTs) are read and
+written by `fungizsl.weights.open_clip` (`load_open_clip`, `export_open_clip`).
+
 Only local folders are read (`config.json` plus `model.safetensors` or a sharded index); nothing
 is ever downloaded. Loading is strict (see `convert.py`), and exported folders carry a
 `config.json` generated from our config, so `transformers.AutoModel.from_pretrained(folder)`
@@ -20,7 +23,7 @@ from safetensors.numpy import save as save_safetensors
 
 from fungizsl.models import bert as bert_model
 from fungizsl.models import two_towers, vit
-from fungizsl.weights import bert, clip, dinov2
+from fungizsl.weights import bert, clip, dinov2, open_clip
 from fungizsl.weights.convert import (CheckpointMismatchError, ModelSpec, flax_to_hf, hf_to_flax,
                                       normalise_checkpoint_keys, read_hf_folder, stack_layers)
 
