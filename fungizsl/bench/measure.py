@@ -27,8 +27,14 @@ def block(x):
     return jax.block_until_ready(x)
 
 
-def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict:
+def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
+                settle_s: float = 0.05) -> dict:
     """Times each contender once per round, alternating the order every round.
+
+    `settle_s` of sleep before each timed call lets the previous contender's worker threads park:
+    XLA's and PyTorch's CPU pools spin for a while after their work, and on a 2-core machine a
+    spinning pool measurably slows whoever runs next (seen: PyTorch 2-3x slower right after an
+    XLA matmul without it).
 
     Returns {name: {"median_s", "min_s", "max_s", "p25_s", "p75_s", "times_s"}}; every call must
     block until its result is ready (JAX: block_until_ready; torch CPU is synchronous).
@@ -40,6 +46,7 @@ def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, warmup
     times = {name: [] for name in names}
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
+            time.sleep(settle_s)
             start = time.perf_counter()
             contenders[name]()
             times[name].append(time.perf_counter() - start)
