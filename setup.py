@@ -36,7 +36,7 @@ setup(
     name="fungizsl",
     version="0.1.0",
     description="Zero-shot and few-shot fungal classification with vision-language models in JAX/Flax",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11,<3.14",
     packages=find_packages(include=["fungizsl", "fungizsl.*"]),
     install_requires=RUNTIME,
     extras_require={"test": TEST},

@@ -12,12 +12,18 @@ Arguments after the colon:
   init      scratch | <Hugging Face CLIP folder> | <fungizsl workdir or checkpoint step folder>
   captions  fungalzsl_split | fungalzsl_generated | templates | <path to a JSONL of {"class","text"}>
   preset    realistic (the honest default) | paper (colour tied to the stage, as in the paper)
-  data_dir  folder with the FungalZSL caption files (default ../shared/data/fungalzsl if present)
+  data_dir  folder with the FungalZSL caption files (config.data.captions_dir; no default: the
+            captions fungalzsl_split/fungalzsl_generated need it, the others do not)
   runlocal  small, CPU-sized run (the README's ./launch/local.sh)
+
+Selection and seeds: during training the evaluators run on the rendered *val* split every
+`eval_every` steps; the checkpoint with the best val `best_metric` is kept and the *test* split is
+evaluated once, at the end, on it (`final_eval_checkpoint="best"`, or "last"). `data_seed` fixes
+the data (renders of every split, caption draws); `seed` fixes training (init, shuffle order,
+augmentation), so a seed sweep never changes the test set.
 """
 
 import math
-import os
 
 import ml_collections
 
@@ -25,7 +31,6 @@ from configs.common import parse_arg
 
 ARCHS = ("tiny", "b32", "b16", "l14", "l14_336")
 IMAGE_SIZE = {"tiny": 96, "b32": 224, "b16": 224, "l14": 224, "l14_336": 336}
-_SHARED_CAPTIONS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fungalzsl")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -34,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.arch not in ARCHS:
         raise ValueError(f"config argument 'arch' must be one of {ARCHS}, got {arg.arch!r}")
     config = ml_collections.ConfigDict()
-    config.seed = 0
+    config.seed = 0  # training: init, shuffle order, augmentation
+    config.data_seed = 0  # the data: rendered images of every split, caption draws
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = arg.arch
@@ -60,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.audit_indices = False  # save each process's record indices per step (workdir/audit)
     config.data.cache_in_memory = arg.runlocal  # render each split once instead of on every access
     config.data.captions = arg.captions
-    config.data.captions_dir = arg.data_dir or os.path.normpath(_SHARED_CAPTIONS)
+    config.data.captions_dir = arg.data_dir  # FungalZSL caption files; never a default outside the clone
     config.data.strip_prompt = True  # the class prompt opens every description: never train on it
 
     config.batch_size = 256
@@ -73,22 +79,40 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.b2 = 0.98
     config.optim.layer_decay = ml_collections.FieldReference(None, field_type=float)
     config.optim.frozen = ()  # e.g. ("vision_model/.*", "visual_projection/.*") for LiT
-    config.loss = ml_collections.ConfigDict(dict(class_aware=False))
+    # combine="sum" is the paper's L_total = L_image + L_text (the README's loss): twice CLIP's mean
+    # with the same minimiser; under Adam only gradient clipping (at 1.0) sees the factor 2, and
+    # we keep the paper's form so reported loss values compare with it. class_aware=True: the
+    # captions (paper split, generated, templates) describe a growth *stage*, not one image, so
+    # two images of one stage in a batch are not negatives of each other's captions; plain CLIP
+    # loss would push apart texts that are equally right. Turn it off for per-image captions.
+    config.loss = ml_collections.ConfigDict(dict(class_aware=True, combine="sum"))
 
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-    # FSDP: regexes over '/'-joined param paths -> mesh axis; unmatched params stay replicated.
-    config.sharding_rules = ((".*", "fsdp"),) if arg.arch in ("l14", "l14_336") else ()
+    # FSDP for L/14 sizes: fsdp=-1 puts every device on the fsdp axis (parameters and optimizer
+    # state split N ways; the batch is split over data x fsdp either way). On many hosts prefer
+    # e.g. --config.mesh.fsdp=8 (within a host) and data=-1 across hosts.
+    large = arg.arch in ("l14", "l14_336")
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=-1 if large else 1))
+    # Regexes over '/'-joined param paths -> mesh axis; unmatched params stay replicated.
+    config.sharding_rules = ((".*", "fsdp"),) if large else ()
 
     config.log_every = 20
-    config.eval_every = 500
+    config.eval_every = 500  # val evaluations (each entry of config.evals may set its own `every`)
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
-    config.best_metric = "zeroshot/accuracy"
+    config.best_metric = "zeroshot/accuracy"  # of the val evaluation: picks the checkpoint tested
+    config.best_mode = "max"
+    config.final_eval_split = "test"
+    config.final_eval_checkpoint = "best"  # "best" (by val best_metric) or "last"
     config.export_hf = True  # write workdir/hf_export (Hugging Face CLIPModel folder) at the end
+    config.audit_writes = False  # record every workdir write per process (workdir/audit)
 
+    # Evaluators: `split` during training (val), `every` steps (0 = only the final test pass).
+    every = config.get_ref("eval_every")
     config.evals = ml_collections.ConfigDict()
-    config.evals.zeroshot = ml_collections.ConfigDict(dict(split="test", sources=(arg.captions, "templates")))
-    config.evals.retrieval = ml_collections.ConfigDict(dict(split="test", ks=(1, 5, 10)))
+    config.evals.zeroshot = ml_collections.ConfigDict(dict(type="zeroshot", split="val", every=every,
+                                                           sources=(arg.captions, "templates")))
+    config.evals.retrieval = ml_collections.ConfigDict(dict(type="retrieval", split="val", every=every,
+                                                            ks=(1, 5, 10)))
 
     if arg.runlocal:  # a few minutes on 2 CPU cores: the README's ./launch/local.sh
         config.batch_size = 64
@@ -96,7 +120,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.warmup_steps = 50
         config.lr = 1e-3
         config.wd = 0.05
-        config.loss.class_aware = True  # the captions describe a stage, not one image
         config.eval_every = 600
         config.checkpoint_every = 300
         config.log_every = 25

@@ -8,6 +8,7 @@ SLURM) pass `--multihost` (or let the launchers set FUNGIZSL_MULTIHOST=1) so tha
 
 import logging
 import os
+import sys
 
 from absl import app, flags
 from absl import logging as logging_absl
@@ -50,13 +51,26 @@ def main(argv) -> None:
     if FLAGS.trainer not in TRAINERS:
         raise app.UsageError(f"--trainer={FLAGS.trainer!r}: known trainers are {sorted(TRAINERS)}")
     trainer = importlib.import_module(TRAINERS[FLAGS.trainer])
-    summary = trainer.train_and_evaluate(_CONFIG.value, FLAGS.workdir)
+    from fungizsl.errors import ConfigError
+    from fungizsl.train.core import NonFiniteLossError
+
+    try:
+        summary = trainer.train_and_evaluate(_CONFIG.value, FLAGS.workdir)
+    except (ConfigError, NonFiniteLossError) as error:  # the message says what to do: no traceback
+        print(f"fungizsl: {error}", file=sys.stderr, flush=True)
+        sys.exit(2 if isinstance(error, ConfigError) else 3)
     from fungizsl.evaluate import metrics_io
 
     import jax
     if jax.process_index() == 0:
-        metrics_io.print_table({k: v for k, v in summary.items() if k != "confusion_matrix"},
+        metrics_io.print_table({k: v for k, v in summary.items() if k not in ("confusion_matrix", "selection")},
                                title=f"{FLAGS.trainer} summary ({FLAGS.workdir})")
+        selection = summary.get("selection", {})
+        print(f"numbers from the {selection.get('split')} split, {selection.get('checkpoint')} checkpoint "
+              f"(step {selection.get('step')} of {selection.get('last_step')}"
+              + (f", chosen by val {selection['selection_metric']} = {selection.get('selection_value')}"
+                 if selection.get("selection_metric") and selection.get("checkpoint") == "best" else "") + ")",
+              flush=True)
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -27,7 +27,18 @@ def test_experiment_configs_load_and_check_their_arguments():
 
     config = fungalzsl.get_config("arch=l14_336,init=/ckpt/clip,runlocal")
     assert (config.model.arch, config.data.image_size, config.model.init) == ("l14_336", 336, "/ckpt/clip")
-    assert config.model.scan and config.sharding_rules  # FSDP and scan on for L/14 sizes
+    assert config.model.scan and config.sharding_rules
+    for arch in ("l14", "l14_336"):  # the rules can only shard over an fsdp axis with more than one device
+        large = fungalzsl.get_config(f"arch={arch}")
+        assert large.mesh.fsdp == -1 or large.mesh.fsdp > 1, (arch, large.mesh.fsdp)
+        assert any(axis == "fsdp" for _, axis in large.sharding_rules), large.sharding_rules
+    small = fungalzsl.get_config("arch=b32")
+    assert small.mesh.fsdp == 1 and not small.sharding_rules
+    # the paper's L_image + L_text, class-aware (captions describe a stage), selected on val
+    assert (config.loss.combine, config.loss.class_aware) == ("sum", True)
+    assert {e.split for e in config.evals.values()} == {"val"} and config.final_eval_split == "test"
+    assert config.final_eval_checkpoint == "best" and config.data_seed == 0
+    assert not config.data.captions_dir  # no default path outside the clone
     with pytest.raises(ValueError, match="'arch' must be one of"):
         fungalzsl.get_config("arch=b64")
     real = defungi.get_config("runlocal")

@@ -1,9 +1,12 @@
 """Two CPU processes joined by jax.distributed.initialize on 127.0.0.1 train like one.
 
 They must read disjoint records whose union, step by step, is what a single process with the
-same number of devices reads, and end with the parameters that single process ends with.
+same number of devices reads, and end with the parameters that single process ends with. Shared
+files are written once, by process 0: one tokenizer (the same on both), the summary, plots, JSON.
 """
 
+import json
+import re
 import socket
 
 import numpy as np
@@ -11,7 +14,7 @@ import numpy as np
 from trainer_runs import assert_same_params, finish, start_training
 
 RUN = ("--config.batch_size=8", "--config.total_steps=6", "--config.warmup_steps=1", "--config.log_every=3",
-       "--config.checkpoint_every=6", "--config.data.audit_indices=True")
+       "--config.checkpoint_every=6", "--config.data.audit_indices=True", "--config.audit_writes=True")
 
 
 def _free_port() -> int:
@@ -29,9 +32,18 @@ def test_two_processes_train_on_disjoint_data_with_identical_parameters(tmp_path
     processes = [start_training(shared, *RUN, "--multihost", devices=1,
                                 env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
                                      "JAX_PROCESS_ID": str(i)}) for i in range(2)]
-    for process in processes:
-        finish(process)
-    assert (shared / "summary.json").exists()  # written by process 0 only
+    outputs = [finish(process) for process in processes]
+    assert (shared / "summary.json").exists()
+
+    # One tokenizer, trained and written by process 0, read by both: the same file hash.
+    digests = [re.findall(r"process (\d): tokenizer \S+ sha256 (\w+)", out) for out in outputs]
+    assert [d[0][0] for d in digests] == ["0", "1"] and digests[0][0][1] == digests[1][0][1], digests
+    writes = [json.loads((shared / "audit" / f"writes_process_{i}.json").read_text()) for i in range(2)]
+    for name in ("tokenizer/tokenizer.json", "summary.json", "eval_metrics.json", "confusion_matrix.png",
+                 "fungizsl_config.json", "hf_export/model.safetensors"):
+        assert sum(w.endswith(name) for w in writes[0]) == 1, (name, writes[0])
+    own = "audit/process_1.npy"
+    assert [w for w in writes[1] if not w.endswith(own)] == [], writes[1]  # process 1 wrote only its audit
 
     seen = [np.load(shared / "audit" / f"process_{i}.npy") for i in range(2)]
     reference = np.load(single / "audit" / "process_0.npy")

@@ -34,6 +34,30 @@ def test_no_weight_decay_on_norms_biases_and_logit_scale(params):
     assert mask["text_model"]["token_embedding"]["embedding"] is True
 
 
+def test_one_weight_decay_rule_for_every_position_table(params):
+    """Vision (an nn.Embed 'embedding' leaf) and text (a bare param) position tables alike: no decay;
+    the token embedding, a real lookup table, keeps it. Also for BERT and DINOv2 towers."""
+    from fungizsl.models import bert, vit
+
+    mask = optim.weight_decay_mask(params)
+    assert mask["vision_model"]["embeddings"]["position_embedding"]["embedding"] is False
+    assert mask["text_model"]["position_embedding"] is False
+    assert mask["text_model"]["token_embedding"]["embedding"] is True
+    paths = {p: d for p, d in zip(jax.tree.leaves(optim.param_paths(params)), jax.tree.leaves(mask))}
+    tables = [p for p in paths if any(t in p.split("/") for t in optim.POSITION_TABLES)]
+    assert len(tables) == 2 and not any(paths[p] for p in tables), tables
+
+    bert_model = bert.BertModel(bert.bert_config("bert_tiny"))
+    ids = jnp.zeros((1, 8), jnp.int32)
+    bert_params = jax.eval_shape(lambda: bert_model.init(jax.random.key(0), ids))["params"]
+    dino = vit.VisionTransformer(vit.vit_config("dinov2_s14"))
+    dino_params = jax.eval_shape(lambda: dino.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3))))["params"]
+    for tree in (bert_params, dino_params):
+        flat = zip(jax.tree.leaves(optim.param_paths(tree)), jax.tree.leaves(optim.weight_decay_mask(tree)))
+        found = [(p, d) for p, d in flat if any(t in p.split("/") for t in optim.POSITION_TABLES)]
+        assert found and not any(d for _, d in found), found
+
+
 def _one_step(params, **kwargs):
     optimizer, _ = optim.make_optimizer(params, learning_rate=1e-2, total_steps=10, warmup_steps=0, **kwargs)
     grads = jax.tree.map(jnp.ones_like, params)

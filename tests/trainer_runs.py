@@ -34,9 +34,19 @@ def finish(process: subprocess.Popen, timeout: int = 300) -> str:
     return out
 
 
-def assert_same_params(want_run, got_run, **tolerance):
+def assert_same_params(want_run, got_run, err_msg="", **tolerance):
     """The newest checkpoints of two runs hold the same parameters."""
     want = checkpoint.load_params(str(want_run))
     got = checkpoint.load_params(str(got_run))
-    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **tolerance)
+    assert_same_tree(want, got, err_msg=err_msg, **tolerance)
+
+
+def assert_same_tree(want, got, err_msg="", **tolerance):
+    """Same tree structure (every key path), then every leaf close."""
+    want_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(want)]
+    got_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(got)]
+    assert want_paths == got_paths, (f"{err_msg}: trees differ: only in want {sorted(set(want_paths) - set(got_paths))[:5]}, "
+                                     f"only in got {sorted(set(got_paths) - set(want_paths))[:5]}")
+    assert jax.tree.structure(want) == jax.tree.structure(got)
+    for path, a, b in zip(want_paths, jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=f"{err_msg} {path}", **tolerance)

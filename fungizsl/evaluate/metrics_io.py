@@ -54,25 +54,34 @@ def to_jsonable(obj: Any, digits: int = 6) -> Any:
 
 
 def write_json(path, metrics: Mapping[str, Any], digits: int = 6, indent: int = 2) -> str:
-    """Writes `metrics` as JSON (atomically: temp file + rename) and returns the path."""
+    """Writes `metrics` as JSON and returns the path. `path` may be local or a URI (`gs://...`);
+    local files are written atomically (temp file + rename)."""
+    from fungizsl import workdir
+
+    text = json.dumps(to_jsonable(metrics, digits), indent=indent, sort_keys=False, allow_nan=False) + "\n"
+    if not workdir.is_local(path):
+        workdir.write_text(path, text)
+        return os.fspath(path)
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    text = json.dumps(to_jsonable(metrics, digits), indent=indent, sort_keys=False, allow_nan=False)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    workdir.WRITES.append(path)
     return path
 
 
 def read_json(path) -> Any:
-    with open(path) as f:
+    from etils import epath
+
+    with epath.Path(path).open() as f:
         return json.load(f)
 
 

@@ -13,6 +13,7 @@ plotting works headless and from threads. Files are written at exactly `figsize 
 (no tight bounding box), so callers and tests can rely on the size.
 """
 
+import io
 import math
 import os
 from typing import Hashable, Mapping, Sequence
@@ -29,10 +30,13 @@ def _figure(figsize, dpi) -> Figure:
 
 
 def _save(fig: Figure, path) -> str:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, format="png", dpi=fig.dpi)
-    return path
+    """Renders to PNG bytes and writes them through epath, so ``path`` may be ``gs://...``."""
+    from fungizsl import workdir
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    workdir.write_bytes(path, buffer.getvalue())
+    return os.fspath(path)
 
 
 def _default_size(num_classes: int) -> tuple[float, float]:

@@ -1,53 +1,83 @@
 """FungalZSL trainer: CLIP fine-tuned with the symmetric contrastive loss on synthetic growth stages.
 
 Rani, Arroyo, Durdevic (2025), "FungalZSL: Zero-Shot Fungal Classification with Image Captioning
-Using a Synthetic Data Approach". One linear script in big_vision's style; sections: mesh, input,
-model, optimizer and sharding, update step, checkpoints, evaluation, loop.
+Using a Synthetic Data Approach". This module is the paper's :class:`~fungizsl.train.core.Task`:
+the CLIP model (from scratch with a BPE trained on the captions, from a Hugging Face folder, or
+from an earlier run), the loss ``L_image + L_text`` (optionally class-aware), the evaluators
+(zero-shot accuracy, Recall@K) and the Hugging Face export. The loop is :mod:`fungizsl.train.core`.
 """
 
+from __future__ import annotations
+
 import dataclasses
-import os
-import time
+import hashlib
+import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
+from etils import epath
 from jax.experimental import multihost_utils
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from fungizsl import losses, tokenizers, weights
-from fungizsl.data import pipeline
-from fungizsl.evaluate import metrics_io, run_evaluators
+from fungizsl import losses, placement, tokenizers, weights
+from fungizsl import workdir as workdir_lib
+from fungizsl.evaluate import run_evaluators
 from fungizsl.models import two_towers
-from fungizsl.train import checkpoint, fungalzsl_data, optim, sharding
+from fungizsl.train import checkpoint, core, fungalzsl_data
 from fungizsl.weights.convert import stack_layers
 
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = core.SUMMARY_FILE
 
 
 # ---------------------------------------------------------------------------------------------
-# Model
+# Tokenizer and model
 # ---------------------------------------------------------------------------------------------
 
-def build_model(config, caption_texts, workdir):
-    """(module, params or None, tokenizer, tokenizer_folder). params is None for a fresh init."""
+def _is_hf_folder(init: str) -> bool:
+    return init != "scratch" and (epath.Path(init) / "config.json").is_file()
+
+
+def _run_dir(path) -> epath.Path:
+    """The workdir of an earlier run, given it or a folder inside it (a checkpoint step)."""
+    path = workdir_lib.as_path(path)
+    for candidate in (path, *path.parents):
+        if (candidate / "tokenizer").is_dir():
+            return candidate
+    raise FileNotFoundError(f"config.model.init={str(path)!r}: no fungizsl run (with a tokenizer folder) there")
+
+
+def make_tokenizer(config, corpus, workdir: epath.Path):
+    """(tokenizer, folder it lives in). From scratch, process 0 trains the BPE on the training
+    captions and writes it into the workdir; the others wait and read that same file."""
     init, m = config.model.init, config.model
-    if init != "scratch" and os.path.isfile(os.path.join(init, "config.json")):
-        model, params = weights.load_pretrained(init, dtype=m.dtype, scan=m.scan, remat=m.remat)
-        return model, params, tokenizers.load_tokenizer(init), init
-    tokenizer_dir = os.path.join(workdir, "tokenizer")
-    if init != "scratch":  # an earlier fungizsl run: reuse its tokenizer and model shape
-        tokenizer_dir = os.path.join(_run_dir(init), "tokenizer")
-    if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
-        tokenizer = tokenizers.load_tokenizer(tokenizer_dir, length=m.text_context)
-    elif init == "scratch":
-        tokenizer = tokenizers.train_bpe_tokenizer(caption_texts, m.vocab_size, tokenizer_dir,
-                                                   context_length=m.text_context)
-    else:
-        raise FileNotFoundError(f"{tokenizer_dir} is missing: config.model.init={init!r} is not a fungizsl run")
+    if _is_hf_folder(init):
+        return tokenizers.load_tokenizer(init), epath.Path(init)
+    folder = workdir / "tokenizer" if init == "scratch" else _run_dir(init) / "tokenizer"
+    exists = (folder / "tokenizer.json").exists()
+    workdir_lib.barrier("tokenizer_checked")  # every process has looked before anyone writes
+    if not exists:
+        if init != "scratch":
+            raise FileNotFoundError(f"{folder} is missing: config.model.init={init!r} is not a fungizsl run")
+        if workdir_lib.is_main():
+            with tempfile.TemporaryDirectory() as local:
+                tokenizers.train_bpe_tokenizer(corpus, m.vocab_size, local, context_length=m.text_context)
+                workdir_lib.upload_dir(local, folder)
+        workdir_lib.barrier("tokenizer_written")
+    local = workdir_lib.local_dir(folder)
+    tokenizer = tokenizers.load_tokenizer(local, length=m.text_context)
+    digest = hashlib.sha256((epath.Path(local) / "tokenizer.json").read_bytes()).hexdigest()[:16]
+    print(f"process {jax.process_index()}: tokenizer {folder} sha256 {digest}", flush=True)
+    return tokenizer, folder
+
+
+def build_model(config, tokenizer):
+    """(module, host params or None). params is None for a fresh init."""
+    init, m = config.model.init, config.model
+    if _is_hf_folder(init):
+        return weights.load_pretrained(init, dtype=m.dtype, scan=m.scan, remat=m.remat)
     clip = two_towers.clip_config(m.arch, dtype=m.dtype, scan=m.scan, remat=m.remat)
     clip = dataclasses.replace(
         clip, vision=dataclasses.replace(clip.vision, image_size=config.data.image_size,
@@ -58,14 +88,7 @@ def build_model(config, caption_texts, workdir):
     params = None if init == "scratch" else checkpoint.load_params(init)
     if params is not None and m.scan and "layers" not in params["vision_model"]["encoder"]:
         params = stack_layers(params)
-    return model, params, tokenizer, tokenizer_dir
-
-
-def _run_dir(path):
-    path = os.path.abspath(path)
-    while path != "/" and not os.path.isdir(os.path.join(path, "tokenizer")):
-        path = os.path.dirname(path)
-    return path
+    return model, params
 
 
 def _encode(model):
@@ -77,28 +100,33 @@ def _encode(model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Update step
+# Loss
 # ---------------------------------------------------------------------------------------------
 
-def make_train_step(model, optimizer, schedule, class_aware: bool):
+def make_loss_fn(model, class_aware: bool, combine: str):
+    """The Task's loss: the symmetric contrastive loss on the global batch."""
     encode = _encode(model)
 
-    def train_step(state, batch):
-        def loss_fn(params):
-            zimg, ztxt = encode(params, batch["image"], batch["input_ids"])
-            scale = jnp.exp(jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE))
-            return losses.contrastive_loss(zimg, ztxt, scale, labels=batch["label"], class_aware=class_aware)
+    def loss_fn(params, extra, batch, rng):
+        del rng  # CLIP has no dropout
+        zimg, ztxt = encode(params, batch["image"], batch["input_ids"])
+        scale = jnp.exp(jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE))
+        loss, metrics = losses.contrastive_loss(zimg, ztxt, scale, labels=batch["label"],
+                                                class_aware=class_aware, combine=combine)
+        return loss, (dict(metrics, temperature_scale=scale), extra)
 
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        # CLIP clamps the learnable temperature so that logits never exceed 100.
-        params["logit_scale"] = jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
-                       temperature_scale=jnp.exp(params["logit_scale"]))
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+    return loss_fn
 
-    return train_step
+
+def clamp_logit_scale(params):
+    """CLIP clamps the learnable temperature so that logits never exceed 100."""
+    return dict(params, logit_scale=jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE))
+
+
+def init_fn(model):
+    def init_variables(rng):
+        return {"params": model.init(rng, *weights.clip.dummy_inputs(model.config))["params"]}
+    return init_variables
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,8 +136,9 @@ def make_train_step(model, optimizer, schedule, class_aware: bool):
 def embed_split(encode_fn, params, iterator, mesh, desc):
     """Normalised image and paired-caption embeddings of one evaluation split, on every host."""
     zimg, ztxt, labels = [], [], []
-    for batch in tqdm(iterator, desc=desc, leave=False, disable=jax.process_index() != 0):
-        placed = pipeline.to_global_batch(batch, mesh)
+    quiet = not (workdir_lib.is_main() and sys.stderr.isatty())  # no bar in logs (CI, SLURM)
+    for batch in tqdm(iterator, desc=desc, leave=False, disable=quiet):
+        placed = placement.to_global_batch(batch, mesh)
         zi, zt = encode_fn(params, placed["image"], placed["input_ids"])
         zi, zt, label, valid = multihost_utils.process_allgather(
             (zi, zt, placed["label"], placed["valid"]), tiled=True)
@@ -120,47 +149,69 @@ def embed_split(encode_fn, params, iterator, mesh, desc):
 
 
 def embed_texts(encode_text_fn, params, tokenizer, texts, mesh, batch_size):
+    """Text embeddings of ``texts`` in order. Each global batch is cut into one slice per process:
+    every process tokenizes and feeds only its slice, and the results are gathered."""
+    count, me = jax.process_count(), jax.process_index()
+    local = batch_size // count
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start:start + batch_size])
-        padded = chunk + [""] * (batch_size - len(chunk))
-        ids = pipeline.to_global_batch({"input_ids": tokenizer(padded)["input_ids"]}, mesh)["input_ids"]
-        out.append(multihost_utils.process_allgather(encode_text_fn(params, ids), tiled=True)[:len(chunk)])
+        slices = [chunk[p * local:(p + 1) * local] for p in range(count)]
+        mine = slices[me] + [""] * (local - len(slices[me]))
+        ids = placement.to_global_batch({"input_ids": tokenizer(mine)["input_ids"]}, mesh)["input_ids"]
+        gathered = multihost_utils.process_allgather(encode_text_fn(params, ids), tiled=True)
+        valid = np.concatenate([np.arange(local) < len(s) for s in slices])
+        out.append(np.asarray(gathered)[valid])
     return np.concatenate(out)
 
 
-def make_eval_fns(model):
-    """Compiled once per run: (encode images and captions, encode captions)."""
-    encode_text = jax.jit(lambda p, ids: two_towers.l2_normalize(
-        model.apply({"params": p}, ids, method="encode_text")))
-    return jax.jit(_encode(model)), encode_text
+class Evaluation:
+    """The Task's ``evaluate``: embeds a split once, then runs the configured evaluators.
 
+    Inputs handed to every evaluator (the :mod:`fungizsl.evaluate` contract): ``zimg [N, D]``,
+    ``image_labels [N]``, ``ztxt [N, D]`` (each image's own caption), ``text_labels [N]``,
+    ``class_names``. ``zeroshot`` entries instead get, per caption source in their ``sources``,
+    the embeddings of that source's texts for the split (prompt ensemble per class).
+    """
 
-def evaluate(config, data, eval_fns, params, mesh, tokenizer, workdir, step):
-    encode, encode_text = eval_fns
-    eval_batch = max(mesh.size, config.get("eval_batch_size", config.batch_size))
-    results = {}
-    zimg, ztxt, labels = embed_split(encode, params, data.eval_iterator("test", eval_batch, tokenizer),
-                                     mesh, f"embed test images (step {step})")
-    retrieval_cfg = dict(config.evals.retrieval)
-    for name, value in run_evaluators({"retrieval": retrieval_cfg}, zimg=zimg, image_labels=labels,
-                                      ztxt=ztxt, text_labels=labels):
-        results[name] = value
-    zeroshot_cfg = config.evals.zeroshot
-    for i, source in enumerate(zeroshot_cfg.sources):
-        by_class = data.captions_for_eval(source)
-        texts = [t for c in data.class_names for t in by_class[c]]
-        text_labels = np.asarray([k for k, c in enumerate(data.class_names) for _ in by_class[c]])
-        class_ztxt = embed_texts(encode_text, params, tokenizer, texts, mesh, eval_batch)
-        prefix = "zeroshot" if i == 0 else f"zeroshot_{data.source_label(source)}"
-        evaluator = {"type": "zeroshot", "plot_dir": workdir if i == 0 else None,
-                     "plot_title": f"Zero-shot ({data.source_label(source)} captions, step {step})"}
-        for name, value in run_evaluators({prefix: evaluator}, zimg=zimg, image_labels=labels,
-                                          ztxt=class_ztxt, text_labels=text_labels,
-                                          class_names=data.class_names):
-            results[name] = value
-        results[f"zeroshot_by_source/{data.source_label(source)}"] = results[f"{prefix}/accuracy"]
-    return results
+    def __init__(self, config, data, model, tokenizer, mesh):
+        self.config, self.data, self.tokenizer, self.mesh = config, data, tokenizer, mesh
+        self.encode = jax.jit(_encode(model))
+        self.encode_text = jax.jit(lambda p, ids: two_towers.l2_normalize(
+            model.apply({"params": p}, ids, method="encode_text")))
+        size = max(mesh.size, config.get("eval_batch_size", config.batch_size))
+        self.batch_size = -(-size // mesh.size) * mesh.size
+
+    def __call__(self, variables, split, evals, step, out_dir):
+        params, data = variables["params"], self.data
+        zimg, ztxt, labels = embed_split(self.encode, params,
+                                         data.eval_iterator(split, self.batch_size, self.tokenizer),
+                                         self.mesh, f"embed {split} images (step {step})")
+        results = {}
+        plain = {n: c for n, c in evals.items() if c.get("type", n) != "zeroshot"}
+        results.update(run_evaluators(plain, zimg=zimg, image_labels=labels, ztxt=ztxt, text_labels=labels,
+                                      class_names=data.class_names))
+        for name, cfg in evals.items():
+            if cfg.get("type", name) == "zeroshot":
+                results.update(self._zeroshot(name, cfg, params, split, step, zimg, labels, out_dir))
+        return results
+
+    def _zeroshot(self, name, cfg, params, split, step, zimg, labels, out_dir):
+        data, results = self.data, {}
+        for i, source in enumerate(cfg.get("sources", ("templates",))):
+            by_class = data.captions(source, split)
+            texts = [t for c in data.class_names for t in by_class[c]]
+            text_labels = np.asarray([k for k, c in enumerate(data.class_names) for _ in by_class[c]])
+            class_ztxt = embed_texts(self.encode_text, params, self.tokenizer, texts, self.mesh, self.batch_size)
+            label = data.source_label(source)
+            prefix = name if i == 0 else f"{name}_{label}"
+            evaluator = {k: v for k, v in cfg.items() if k not in ("sources", "split", "every")}
+            evaluator.update(type="zeroshot", plot_title=f"Zero-shot ({label} captions, {split}, step {step})",
+                             plot_dir=out_dir if (i == 0 and out_dir is not None and workdir_lib.is_main()) else None)
+            results.update(run_evaluators({prefix: evaluator}, zimg=zimg, image_labels=labels, ztxt=class_ztxt,
+                                          text_labels=text_labels, class_names=data.class_names))
+            results[f"{name}_by_source/{label}"] = results[f"{prefix}/accuracy"]
+        return results
 
 
 def summarise(results: dict, class_names) -> dict:
@@ -183,111 +234,43 @@ def summarise(results: dict, class_names) -> dict:
     return summary
 
 
+def describe(results: dict) -> str:
+    parts = []
+    if "zeroshot/accuracy" in results:
+        parts.append(f"zero-shot accuracy {results['zeroshot/accuracy']:.4f}")
+    if "retrieval/class/image_to_text/recall@1" in results:
+        parts.append(f"image->text R@1 {results['retrieval/class/image_to_text/recall@1']:.4f}")
+    return ", ".join(parts) or "done"
+
+
 # ---------------------------------------------------------------------------------------------
-# Train and evaluate
+# The task
 # ---------------------------------------------------------------------------------------------
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    os.makedirs(workdir, exist_ok=True)
-    is_main = jax.process_index() == 0
+def make_task(config, workdir: epath.Path, mesh) -> core.Task:
+    data = fungalzsl_data.FungalZSLData(config)
+    tokenizer, tokenizer_dir = make_tokenizer(config, data.tokenizer_corpus(), workdir)
+    model, params = build_model(config, tokenizer)
 
-    # Mesh.
-    mesh = sharding.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
-    if config.batch_size % mesh.size:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {mesh.size} devices")
+    def export(variables, out_dir):  # usable from PyTorch: transformers.CLIPModel.from_pretrained
+        weights.export_pretrained(model, variables["params"], out_dir / "hf_export", tokenizer_from=tokenizer_dir)
 
-    # Input and model.
-    data = fungalzsl_data.FungalZSLData(config, workdir)
-    model, params, tokenizer, tokenizer_dir = build_model(config, data.tokenizer_corpus(), workdir)
-    train_iter = data.train_iterator(tokenizer)
-    if is_main:
-        with open(os.path.join(workdir, "fungizsl_config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    return core.Task(
+        name="fungalzsl",
+        init_variables=init_fn(model),
+        load_variables=(lambda: {"params": params}) if params is not None else None,
+        loss_fn=make_loss_fn(model, config.loss.class_aware, config.loss.get("combine", "mean")),
+        post_update=clamp_logit_scale,
+        train_iterator=data.train_iterator(tokenizer),
+        evaluate=Evaluation(config, data, model, tokenizer, mesh),
+        export=export if config.get("export_hf", True) else None,
+        summarise=lambda results: summarise(results, data.class_names) | {
+            "arch": config.model.arch, "init": config.model.init, "captions": config.data.captions,
+            "preset": config.data.preset, "seed": config.seed, "data_seed": config.get("data_seed", 0)},
+        describe=describe)
 
-    # Optimizer and sharding.
-    init_params = (params if params is not None
-                   else model.init(jax.random.key(config.seed), *weights.clip.dummy_inputs(model.config))["params"])
-    optimizer, schedule = optim.make_optimizer(
-        init_params, learning_rate=config.lr, total_steps=config.total_steps,
-        warmup_steps=config.warmup_steps, weight_decay=config.wd, b2=config.optim.b2,
-        grad_clip_norm=config.optim.grad_clip_norm, frozen=tuple(config.optim.frozen),
-        layer_decay=config.optim.layer_decay)
 
-    def init_state(p):
-        return {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": optimizer.init(p)}
-
-    abstract = jax.eval_shape(init_state, init_params)
-    rules = tuple(tuple(r) for r in config.sharding_rules)
-    state_sharding = sharding.fsdp_sharding(abstract, mesh, rules) if rules else jax.tree.map(
-        lambda _: sharding.replicated(mesh), abstract)
-    state = jax.jit(init_state, out_shardings=state_sharding)(init_params)
-    del init_params, params
-
-    # Update step.
-    step_fn = jax.jit(make_train_step(model, optimizer, schedule, config.loss.class_aware),
-                      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-    eval_fns = make_eval_fns(model)
-
-    # Checkpoints: resume automatically from the workdir.
-    ckpt = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
-    if ckpt.latest_step() is not None:
-        abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                        abstract, state_sharding)
-        state = ckpt.restore(abstract_sharded, train_iter)
-    first_step = int(state["step"])
-    if first_step and is_main:
-        print(f"resumed from step {first_step} of {config.total_steps} in {ckpt.directory}", flush=True)
-
-    writer = SummaryWriter(os.path.join(workdir, "tb")) if is_main else None
-    results, last_eval = {}, None
-    progress = tqdm(total=config.total_steps, initial=first_step, desc="train", disable=not is_main)
-    tick, tick_step = time.perf_counter(), first_step
-    audit = [] if config.data.get("audit_indices", False) else None
-    for step in range(first_step + 1, config.total_steps + 1):
-        local_batch = next(train_iter)
-        if audit is not None:  # which records this process trained on, step by step
-            audit.append(np.asarray(local_batch["index"]))
-        batch = pipeline.to_global_batch(local_batch, mesh)
-        state, metrics = step_fn(state, batch)
-        progress.update(1)
-        if step % config.log_every == 0 or step == config.total_steps:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            elapsed = time.perf_counter() - tick
-            metrics["img/sec/core"] = config.batch_size * (step - tick_step) / elapsed / jax.device_count()
-            tick, tick_step = time.perf_counter(), step
-            progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
-            if writer:
-                metrics_io.write_scalars(writer, metrics, step, prefix="train")
-        if step % config.eval_every == 0 or step == config.total_steps:
-            results = evaluate(config, data, eval_fns, state["params"], mesh, tokenizer, workdir, step)
-            last_eval = step
-            if writer:
-                metrics_io.write_scalars(writer, results, step, prefix="eval")
-            progress.write(f"step {step}: zero-shot accuracy {results['zeroshot/accuracy']:.4f}, "
-                           f"image->text R@1 {results['retrieval/class/image_to_text/recall@1']:.4f}")
-        if step % config.checkpoint_every == 0 or step == config.total_steps:
-            scalars = metrics_io.scalars(results) if last_eval == step else None
-            ckpt.save(step, state, train_iter, metrics=scalars, force=True)
-    progress.close()
-    ckpt.close()
-    if audit:
-        os.makedirs(os.path.join(workdir, "audit"), exist_ok=True)
-        np.save(os.path.join(workdir, "audit", f"process_{jax.process_index()}.npy"), np.stack(audit))
-    if not results:  # resumed after the last step: evaluate the restored state
-        results = evaluate(config, data, eval_fns, state["params"], mesh, tokenizer, workdir,
-                           int(state["step"]))
-    summary = summarise(results, data.class_names)
-    summary.update(step=int(state["step"]), arch=config.model.arch, init=config.model.init,
-                   captions=config.data.captions, preset=config.data.preset)
-    # Every process takes part in gathering (FSDP-sharded params span hosts); one writes.
-    export = (multihost_utils.process_allgather(state["params"], tiled=True) if config.get("export_hf", True)
-              else None)
-    if is_main:
-        metrics_io.write_json(os.path.join(workdir, SUMMARY_FILE), summary)
-        metrics_io.write_json(os.path.join(workdir, "eval_metrics.json"), results)
-        if export is not None:  # usable from PyTorch: transformers.CLIPModel.from_pretrained
-            weights.export_pretrained(model, export, os.path.join(workdir, "hf_export"), tokenizer_from=tokenizer_dir)
-        if writer:
-            writer.close()
-    return summary
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+    workdir = workdir_lib.as_path(workdir)
+    mesh = core.make_mesh(config)
+    return core.run(config, workdir, make_task(config, workdir, mesh), mesh)

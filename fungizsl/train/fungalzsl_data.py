@@ -6,13 +6,22 @@ into memory with `data.cache_in_memory`), from prepared TFDS shards (`"tfds"`: a
 splits never share an image: rendered splits use different seeds.
 
 Captions come from a named source (`fungizsl.data.captions`). For the paper's per-split captions
-(`fungalzsl_split`) training draws from the train split's texts and evaluation from the test
-split's; other sources (generated captions, templates, a user JSONL) have one pool, used for both.
+(`fungalzsl_split`) each split draws from its own split's texts (training from train, the val
+evaluation from val, the final test from test); other sources (generated captions, templates, a
+user JSONL) have one pool, used for every split.
+
+Seeds: `config.data_seed` fixes the data set itself (the rendered images of every split, and the
+caption drawn for each training position and each val/test image), so the test set never moves
+when the training seed does. `config.seed` drives training: initialisation, dropout, and the
+training stream's shuffle order and augmentation.
 """
 
 import os
+import sys
 
 from tqdm import tqdm
+
+from fungizsl.errors import ConfigError
 
 from fungizsl.data import captions as caption_lib
 from fungizsl.data import pipeline, synthetic
@@ -21,10 +30,10 @@ SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
 
 class FungalZSLData:
-    def __init__(self, config, workdir: str):
+    def __init__(self, config):
         self.config = config
         self.data = config.data
-        self.workdir = workdir
+        self.data_seed = config.get("data_seed", 0)
         self._sources = {}
         self._captions = {}
         self.class_names = self._class_names()
@@ -57,12 +66,13 @@ class FungalZSLData:
         render = synthetic.RenderConfig(image_size=d.image_size, preset=d.preset,
                                         hyphae_mycelium_overlap=d.overlap, stages=tuple(d.stages))
         source = pipeline.RenderedSource(tuple(d.stages), d.per_class[split],
-                                         seed=self.config.seed + SPLIT_SEED_OFFSET[split], render_config=render)
+                                         seed=self.data_seed + SPLIT_SEED_OFFSET[split], render_config=render)
         if not d.get("cache_in_memory", False):
             return source
         records = [{"image": r["image"], "label": r["label"]}
                    for r in tqdm((source[i] for i in range(len(source))), total=len(source),
-                                 desc=f"render {split} images", leave=False)]
+                                 desc=f"render {split} images", leave=False,
+                                      disable=not sys.stderr.isatty())]
         return pipeline.InMemorySource(records, class_names=source.class_names)
 
     # -- captions -------------------------------------------------------------------------------
@@ -75,6 +85,14 @@ class FungalZSLData:
 
     def _read_captions(self, name: str, split: str) -> dict:
         d = self.data
+        if name in ("fungalzsl_split", "fungalzsl_generated"):
+            what = ("folder with train_data.json, val_data.json and test_data.json" if name == "fungalzsl_split"
+                    else "generated_captions.json or the folder holding it")
+            if not d.captions_dir or not os.path.exists(d.captions_dir):
+                raise ConfigError(f"caption source {name!r} needs the FungalZSL caption files: set "
+                                  f"--config.data.captions_dir=PATH ({what}); "
+                                  + (f"{d.captions_dir!r} does not exist" if d.captions_dir else "it is empty")
+                                  + ", or use --config.data.captions=templates")
         if name == "fungalzsl_split":
             source = caption_lib.get_caption_source(name, root=d.captions_dir, split=split,
                                                     strip_prompt=d.strip_prompt)
@@ -97,9 +115,6 @@ class FungalZSLData:
             raise ValueError(f"caption source {name!r} has no captions for class(es) {missing}")
         return {c: list(by_class[c]) for c in self.class_names}
 
-    def captions_for_eval(self, name: str) -> dict:
-        return self.captions(name, split="test")
-
     @staticmethod
     def source_label(name: str) -> str:
         return os.path.splitext(os.path.basename(name))[0]
@@ -114,13 +129,14 @@ class FungalZSLData:
     def train_iterator(self, tokenizer):
         return pipeline.make_train_iterator(
             self.source("train"), global_batch_size=self.config.batch_size, seed=self.config.seed,
-            image_size=self.data.image_size, augment=self.data.augment, captions_by_class=self.train_captions,
+            caption_seed=self.data_seed, image_size=self.data.image_size, augment=self.data.augment,
+            captions_by_class=self.train_captions,
             class_names=self.class_names, tokenizer=tokenizer, worker_count=self.data.worker_count)
 
     def eval_iterator(self, split: str, batch_size: int, tokenizer):
-        eval_captions = self.captions_for_eval(self.data.captions)
+        eval_captions = self.captions(self.data.captions, split)
         return pipeline.make_eval_iterator(
             self.source(split), global_batch_size=batch_size, image_size=self.data.image_size,
             captions_by_class=eval_captions, class_names=self.class_names, tokenizer=tokenizer,
-            seed=self.config.seed)
+            seed=self.data_seed)
 

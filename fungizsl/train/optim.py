@@ -14,9 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# Leaves that get weight decay: matrices and embedding tables. Norm scales, biases, LayerScale,
-# class/position/register tokens and the logit scale do not.
+# Leaves that get weight decay: matrices and token-embedding tables. Norm scales, biases,
+# LayerScale, class/register tokens and the logit scale do not, and neither does any position
+# table, whatever layer holds it (CLIP vision keeps its table in an nn.Embed, CLIP text as a bare
+# param, BERT in an nn.Embed, DINOv2 as a bare param): one rule for all of them.
 DECAYED_LEAVES = ("kernel", "embedding")
+POSITION_TABLES = ("position_embedding", "position_embeddings")
 _LAYER = re.compile(r"/layers_(\d+)/")
 
 
@@ -27,7 +30,11 @@ def param_paths(params) -> dict:
 
 
 def weight_decay_mask(params):
-    return jax.tree.map(lambda p: p.rsplit("/", 1)[-1] in DECAYED_LEAVES, param_paths(params))
+    def decayed(path: str) -> bool:
+        parts = path.split("/")
+        return parts[-1] in DECAYED_LEAVES and not any(p in POSITION_TABLES for p in parts)
+
+    return jax.tree.map(decayed, param_paths(params))
 
 
 def lr_schedule(base_lr: float, total_steps: int, warmup_steps: int, end_factor: float = 0.0):
@@ -48,7 +55,7 @@ def _encoder_depths(params) -> dict[str, int]:
         if not sep:
             continue
         if rest.startswith("layers/"):
-            depths[tower] = int(np.shape(leaf)[0])
+            depths[tower] = int(leaf.shape[0])
         elif (m := _LAYER.search("/" + rest)):
             depths[tower] = max(depths.get(tower, 0), int(m[1]) + 1)
     return depths
@@ -70,7 +77,7 @@ def layer_decay_multipliers(params, decay: float):
         inside = full[len(tower):]
         if inside.startswith("/encoder/layers/"):
             scales = decay ** (depth - np.arange(depth, dtype=np.float32))
-            return scales.reshape((depth,) + (1,) * (np.ndim(leaf) - 1)).astype(np.float32)
+            return scales.reshape((depth,) + (1,) * (len(leaf.shape) - 1)).astype(np.float32)
         if inside.startswith("/encoder/"):
             return np.float32(decay ** (depth - int(_LAYER.search(inside)[1])))
         before_encoder = inside.startswith(("/embeddings/", "/pre_layrnorm/", "/token_embedding/",

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-BATCH_AXES = ("data", "fsdp")
+# Batch placement lives in fungizsl.placement (the input pipeline uses it too); re-exported here.
+from fungizsl.placement import BATCH_AXES, batch_sharding, replicated, shard_batch, to_global_batch  # noqa: F401
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -27,30 +28,6 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
         raise ValueError(f"mesh data={data} x fsdp={fsdp} does not equal the {len(devices)} devices")
     grid = np.asarray(devices).reshape(data, fsdp)
     return Mesh(grid, BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over every mesh axis; other axes replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def shard_batch(batch, mesh: Mesh):
-    """Places a host-local batch on the mesh. On several hosts each process passes its own slice
-    and the global array is assembled without gathering it anywhere."""
-    sharding = batch_sharding(mesh)
-
-    def place(x):
-        x = np.asarray(x)
-        if x.shape[0] * jax.process_count() % mesh.size:
-            raise ValueError(f"global batch {x.shape[0] * jax.process_count()} is not divisible by "
-                             f"the {mesh.size} devices of the mesh")
-        return jax.make_array_from_process_local_data(sharding, x)
-
-    return jax.tree.map(place, batch)
 
 
 def fsdp_sharding(params, mesh: Mesh, rules: Sequence[tuple[str, str]] = ((r".*", "fsdp"),),

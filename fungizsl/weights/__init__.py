@@ -14,10 +14,9 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 
 import jax
-from safetensors.numpy import save_file
+from safetensors.numpy import save as save_safetensors
 
 from fungizsl.models import bert as bert_model
 from fungizsl.models import two_towers, vit
@@ -88,19 +87,22 @@ def _with_scan(config):
     return dataclasses.replace(config, scan=True)
 
 
-def export_pretrained(module, params, out_dir: str, tokenizer_from: str | None = None) -> str:
+def export_pretrained(module, params, out_dir, tokenizer_from=None) -> str:
     """Writes `config.json` + `model.safetensors` with Hugging Face names (fp32), and copies the
-    tokenizer files of `tokenizer_from` if given. Returns out_dir."""
+    tokenizer files of `tokenizer_from` if given. Both may be local folders or URIs (`gs://...`;
+    written through etils.epath). Returns out_dir."""
+    from etils import epath
+
+    from fungizsl import workdir
+
     spec = spec_for_config(module.config)
-    os.makedirs(out_dir, exist_ok=True)
+    out = epath.Path(out_dir)
     tensors = flax_to_hf(params, spec)
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(spec.config_to_hf(module.config), f, indent=2)
+    workdir.write_bytes(out / "model.safetensors", save_safetensors(tensors, metadata={"format": "pt"}))
+    workdir.write_text(out / "config.json", json.dumps(spec.config_to_hf(module.config), indent=2))
     if tokenizer_from:
         for name in TOKENIZER_FILES:
-            src = os.path.join(tokenizer_from, name)
-            if os.path.isfile(src):
-                shutil.copy(src, os.path.join(out_dir, name))
-    return out_dir
-
+            src = epath.Path(tokenizer_from) / name
+            if src.is_file():
+                workdir.write_bytes(out / name, src.read_bytes())
+    return os.fspath(out_dir)

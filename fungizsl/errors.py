@@ -1,0 +1,5 @@
+"""Errors that the command line reports as one line (no traceback): the user must set something."""
+
+
+class ConfigError(ValueError):
+    """A config field or flag is missing or wrong; the message names it and says what to set."""

@@ -1,0 +1,482 @@
+"""The training loop every trainer of this package runs on (FungalZSL CLIP, FungiCLEF DWCL/Q-Former).
+
+A trainer describes *what* to train as a :class:`Task`; :func:`run` does the rest, the same way for
+both papers: device mesh, sharded state init, a jit-compiled update step with buffer donation,
+Orbax checkpoints of the train state together with the Grain iterator state, automatic resume,
+logging, evaluation scheduling, best-checkpoint selection on a validation metric, one final test
+evaluation, a NaN/inf guard, and export.
+
+Contract
+--------
+``Task`` fields (see the class for types):
+
+* ``init_variables(rng) -> {"params": ..., <other collections>: ...}`` is traced under ``jax.jit``
+  and its output created directly in its shardings. Collections besides ``params`` (e.g.
+  BatchNorm ``batch_stats``) are carried in the state as ``extra`` and never see the optimizer.
+* ``load_variables() -> same tree of host arrays`` (optional): weights to start from instead of
+  the random init (a Hugging Face folder, an earlier run). Its tree must equal the init's.
+* ``loss_fn(params, extra, batch, rng) -> (loss, (metrics, new_extra))`` on the *global* batch
+  (jax arrays split over the mesh's batch axes). ``rng`` is ``fold_in(key(config.seed), step)``,
+  for dropout and the like. ``metrics`` are scalars, logged under ``train/``.
+* ``train_iterator``: a checkpointable Grain iterator of host-local numpy batches (this process's
+  share); the core places them with :func:`fungizsl.placement.to_global_batch`.
+* ``evaluate(variables, split, evals, step, out_dir) -> {"<eval name>/<metric>": value}`` runs the
+  evaluators ``evals`` (a ``{name: config}`` subset of ``config.evals``) on ``split`` with the
+  given variables (sharded jax arrays). ``out_dir`` is the workdir on the final pass (write plots
+  there, through epath, from process 0 only) and ``None`` during training.
+* ``post_update(params) -> params`` (optional): applied inside the step after the optimizer (e.g.
+  clamping CLIP's logit scale).
+* ``export(variables, workdir)`` (optional): called on process 0 with host numpy variables of
+  the checkpoint the final evaluation used; write under ``workdir`` (an epath), e.g. ``hf_export/``.
+* ``summarise(results) -> dict`` (optional): the headline numbers written to ``summary.json``.
+* ``make_optimizer(abstract_params) -> (optax transform, lr schedule)`` (optional; default
+  :func:`default_optimizer` reads ``config.lr``, ``config.wd``, ``config.optim.*``).
+
+Config fields read here: ``seed``, ``batch_size`` (global), ``total_steps``, ``log_every``,
+``checkpoint_every``, ``keep_checkpoints``, ``mesh.{data,fsdp}`` (``fsdp=-1``: all devices),
+``sharding_rules``, ``evals.<name>.{type, split, every}``, ``best_metric`` (``"<eval name>/<metric>"``
+of an evaluator that does *not* run on the final split), ``best_mode`` (max|min),
+``final_eval_split`` (default "test"), ``final_eval_checkpoint`` ("best" | "last"), ``export``.
+
+Evaluation schedule: an entry of ``config.evals`` runs during training on its ``split`` every
+``every`` steps and at the last step (``every=0``: not during training). Every entry runs once more
+at the end on ``final_eval_split`` with the checkpoint ``final_eval_checkpoint`` names: "best" is
+the kept step with the best ``best_metric`` (a validation number; choosing by the final split is
+refused), "last" the final step. ``summary.json`` records the split, step and checkpoint the
+numbers come from, and the selection metric with its value.
+
+Safety: the step keeps the previous state when the loss or the gradient norm is not finite and
+records the step; the loop checks at every log, eval and checkpoint step, never saves a bad state,
+and stops with :class:`NonFiniteLossError` naming the step and the last good checkpoint.
+
+Logging: on a terminal, a tqdm bar; otherwise (CI, SLURM, nohup) one line per ``log_every`` steps.
+``img/sec/core`` counts training-step time only (evaluation and checkpoint time excluded).
+
+Several hosts: every process runs this loop (collectives need all of them); process 0 alone
+writes TensorBoard, JSON and exports (:mod:`fungizsl.workdir`), and Orbax writes each process's
+shards and iterator state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from etils import epath
+from jax.experimental import multihost_utils
+
+from fungizsl import placement
+from fungizsl import workdir as workdir_lib
+from fungizsl.evaluate import metrics_io
+from fungizsl.train import checkpoint, optim, sharding
+
+SUMMARY_FILE = "summary.json"
+VAL_HISTORY_FILE = "val_history.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradients became NaN or infinite; the run stopped."""
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    init_variables: Callable[[jax.Array], Mapping[str, Any]]
+    loss_fn: Callable[..., tuple[jax.Array, tuple[dict, dict]]]
+    train_iterator: Any
+    evaluate: Callable[..., dict[str, Any]]
+    load_variables: Callable[[], Mapping[str, Any]] | None = None
+    post_update: Callable[[Any], Any] | None = None
+    export: Callable[[dict, epath.Path], None] | None = None
+    summarise: Callable[[dict], dict] | None = None
+    make_optimizer: Callable[[Any], tuple[optax.GradientTransformation, Callable]] | None = None
+    describe: Callable[[dict], str] | None = None  # one log line for a dict of eval results
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh, optimizer, state
+# ---------------------------------------------------------------------------------------------
+
+def make_mesh(config) -> jax.sharding.Mesh:
+    """The ("data", "fsdp") mesh of ``config.mesh``; ``fsdp=-1`` puts every device on the fsdp axis."""
+    fsdp = config.mesh.fsdp
+    if fsdp == -1:
+        fsdp = jax.device_count()
+    mesh = sharding.make_mesh(data=config.mesh.data, fsdp=fsdp)
+    if config.batch_size % mesh.size:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {mesh.size} devices")
+    return mesh
+
+
+def default_optimizer(config):
+    def make(params):
+        return optim.make_optimizer(
+            params, learning_rate=config.lr, total_steps=config.total_steps,
+            warmup_steps=config.warmup_steps, weight_decay=config.wd, b2=config.optim.b2,
+            grad_clip_norm=config.optim.grad_clip_norm, frozen=tuple(config.optim.frozen),
+            layer_decay=config.optim.layer_decay)
+    return make
+
+
+@dataclasses.dataclass
+class Trainable:
+    """What :func:`build` compiles: the abstract state, its shardings and the jitted functions."""
+
+    abstract_state: Any
+    state_sharding: Any
+    init_state: Callable  # rng -> state (jitted, sharded output)
+    place_variables: Callable  # host variables -> state (jitted)
+    train_step: Callable  # (state, batch) -> (state, metrics) (jitted, state donated)
+    schedule: Callable
+
+
+def split_variables(variables: Mapping[str, Any]):
+    variables = dict(variables)
+    if "params" not in variables:
+        raise ValueError(f"Task.init_variables must return a dict with 'params', got keys {sorted(variables)}")
+    return variables.pop("params"), variables
+
+
+def build(config, task: Task, mesh) -> Trainable:
+    """Shapes, shardings and the compiled update step of ``task`` on ``mesh`` (nothing allocated)."""
+    abstract_vars = jax.eval_shape(task.init_variables, jax.random.key(0))
+    abstract_params, _ = split_variables(abstract_vars)
+    optimizer, schedule = (task.make_optimizer or default_optimizer(config))(abstract_params)
+
+    def state_from(variables):
+        params, extra = split_variables(variables)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "extra": extra,
+                "opt_state": optimizer.init(params), "nonfinite_step": jnp.zeros((), jnp.int32)}
+
+    abstract_state = jax.eval_shape(state_from, abstract_vars)
+    rules = tuple(tuple(r) for r in config.get("sharding_rules", ()))
+    state_sharding = (sharding.fsdp_sharding(abstract_state, mesh, rules) if rules
+                      else jax.tree.map(lambda _: placement.replicated(mesh), abstract_state))
+    var_sharding = {"params": state_sharding["params"], **state_sharding["extra"]}
+    base_rng = jax.random.key(config.seed)
+
+    def init_state(rng):
+        return state_from(task.init_variables(rng))
+
+    def train_step(state, batch):
+        step = state["step"] + 1
+        rng = jax.random.fold_in(base_rng, step)
+
+        def loss_of(params):
+            return task.loss_fn(params, state["extra"], batch, rng)
+
+        (loss, (metrics, extra)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        if task.post_update is not None:
+            params = task.post_update(params)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # A bad step leaves the state as it was; the host sees nonfinite_step and stops.
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = {"step": step,
+                     "params": keep(params, state["params"]),
+                     "extra": keep(dict(extra), state["extra"]),
+                     "opt_state": keep(opt_state, state["opt_state"]),
+                     "nonfinite_step": jnp.where((state["nonfinite_step"] == 0) & ~finite, step,
+                                                 state["nonfinite_step"])}
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]))
+        return new_state, metrics
+
+    return Trainable(
+        abstract_state=abstract_state, state_sharding=state_sharding,
+        init_state=jax.jit(init_state, out_shardings=state_sharding),
+        place_variables=jax.jit(state_from, in_shardings=(var_sharding,), out_shardings=state_sharding),
+        train_step=jax.jit(train_step, in_shardings=(state_sharding, placement.batch_sharding(mesh)),
+                           out_shardings=(state_sharding, placement.replicated(mesh)), donate_argnums=0),
+        schedule=schedule)
+
+
+def sharded_abstract(trainable: Trainable):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        trainable.abstract_state, trainable.state_sharding)
+
+
+def variables_of(state) -> dict:
+    return {"params": state["params"], **state["extra"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation schedule and selection
+# ---------------------------------------------------------------------------------------------
+
+def eval_entries(config) -> dict[str, dict]:
+    entries = {}
+    for name, cfg in config.get("evals", {}).items():
+        cfg = dict(cfg)
+        if "split" not in cfg:
+            raise ValueError(f"config.evals.{name} needs a 'split' (e.g. 'val')")
+        cfg.setdefault("every", config.get("eval_every", 0))
+        entries[name] = cfg
+    return entries
+
+
+def due_evals(entries: dict[str, dict], step: int, total_steps: int) -> dict[str, dict[str, dict]]:
+    """split -> {name: config} of the entries that run at ``step`` during training."""
+    due: dict[str, dict[str, dict]] = {}
+    for name, cfg in entries.items():
+        every = int(cfg["every"] or 0)
+        if every > 0 and (step % every == 0 or step == total_steps):
+            due.setdefault(cfg["split"], {})[name] = cfg
+    return due
+
+
+def check_selection(config, entries) -> tuple[str | None, str]:
+    """(best_metric, final split); refuses a selection metric measured on the final split."""
+    final_split = config.get("final_eval_split", "test")
+    best_metric = config.get("best_metric", None) or None
+    which = config.get("final_eval_checkpoint", "best")
+    if which not in ("best", "last"):
+        raise ValueError(f"config.final_eval_checkpoint must be 'best' or 'last', got {which!r}")
+    if best_metric:
+        name = best_metric.split("/", 1)[0]
+        if name not in entries:
+            raise ValueError(f"config.best_metric={best_metric!r} names no entry of config.evals "
+                             f"({sorted(entries)})")
+        if entries[name]["split"] == final_split:
+            raise ValueError(f"config.best_metric={best_metric!r} is measured on config.evals.{name}.split="
+                             f"{final_split!r}, the final split: select on 'val' instead")
+        if not entries[name]["every"]:
+            raise ValueError(f"config.best_metric={best_metric!r}: config.evals.{name}.every is 0, so it "
+                             f"never runs during training")
+    elif which == "best":
+        raise ValueError("config.final_eval_checkpoint='best' needs config.best_metric")
+    return best_metric, final_split
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging and timing
+# ---------------------------------------------------------------------------------------------
+
+class Progress:
+    """tqdm on a terminal; one printed line per log step otherwise. Quiet on processes > 0."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.enabled, self.total = enabled, total
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train")
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log(self, step: int, metrics: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
+        elif self.enabled:
+            rate = metrics.get("img/sec/core")
+            print(f"step {step}/{self.total}: loss {metrics['loss']:.4f}, lr {metrics['lr']:.2e}"
+                  + (f", img/sec/core {rate:.1f}" if rate else ""), flush=True)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        elif self.enabled:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StepTimer:
+    """Wall time spent in training steps only: paused (after the device caught up) around
+    evaluations and checkpoint saves."""
+
+    def __init__(self):
+        self.seconds, self.steps, self._since = 0.0, 0, None
+
+    def start(self):
+        self._since = time.perf_counter()
+
+    def pause(self, state):
+        jax.block_until_ready(state)
+        if self._since is not None:
+            self.seconds += time.perf_counter() - self._since
+            self._since = None
+
+    def take(self, state) -> tuple[float, int]:
+        self.pause(state)
+        out = (self.seconds, self.steps)
+        self.seconds, self.steps = 0.0, 0
+        self.start()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+def _check_finite(state, step: int, ckpt: checkpoint.RunCheckpoints) -> None:
+    bad = int(jax.device_get(state["nonfinite_step"]))
+    if bad:
+        ckpt.wait()
+        good = [s for s in ckpt.all_steps() if s < bad]
+        where = (f"the last good checkpoint is step {max(good)} in {ckpt.directory}" if good
+                 else "no checkpoint was saved before it")
+        raise NonFiniteLossError(f"the loss or the gradients became NaN/inf at step {bad} (noticed at step "
+                                 f"{step}); stopped without saving that state; {where}. Lower config.lr or "
+                                 f"check the data of that step.")
+
+
+def _scalar_metrics(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def run(config, workdir, task: Task, mesh=None) -> dict:
+    """Trains ``task`` as ``config`` says, resuming from ``workdir`` if it holds a run; evaluates;
+    writes ``summary.json``; returns the summary dict."""
+    workdir = workdir_lib.as_path(workdir)
+    is_main = workdir_lib.is_main()
+    mesh = mesh or make_mesh(config)
+    entries = eval_entries(config)
+    best_metric, final_split = check_selection(config, entries)
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        workdir_lib.write_text(workdir / "fungizsl_config.json", config.to_json_best_effort(indent=2))
+
+    # State.
+    trainable = build(config, task, mesh)
+    ckpt = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints, best_metric=best_metric,
+                                     best_mode=config.get("best_mode", "max"))
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(sharded_abstract(trainable), task.train_iterator)
+    elif task.load_variables is not None:
+        loaded = task.load_variables()
+        want = jax.tree.structure(jax.eval_shape(task.init_variables, jax.random.key(0)))
+        if jax.tree.structure(loaded) != want:
+            raise ValueError(f"Task.load_variables returned a tree unlike the model's: {jax.tree.structure(loaded)} "
+                             f"vs {want}")
+        state = trainable.place_variables(loaded)
+        del loaded
+    else:
+        state = trainable.init_state(jax.random.key(config.seed))
+    first_step = int(state["step"])
+    if first_step and is_main:
+        print(f"resumed from step {first_step} of {config.total_steps} in {ckpt.directory}", flush=True)
+
+    writer = workdir_lib.TensorBoard(workdir / "tb") if is_main else None
+    history_path = workdir / VAL_HISTORY_FILE
+    history = workdir_lib.read_json(history_path) if history_path.exists() else []
+    history = [h for h in history if h["step"] <= first_step]
+    audit = [] if config.get("data", {}).get("audit_indices", False) else None
+
+    # Loop.
+    progress = Progress(config.total_steps, first_step, is_main)
+    timer = StepTimer()
+    timer.start()
+    for step in range(first_step + 1, config.total_steps + 1):
+        local_batch = next(task.train_iterator)
+        if audit is not None:  # which records this process trained on, step by step
+            audit.append(np.asarray(local_batch["index"]))
+        state, metrics = trainable.train_step(state, placement.to_global_batch(local_batch, mesh))
+        timer.steps += 1
+        progress.update()
+        last = step == config.total_steps
+        if step % config.log_every == 0 or last:
+            seconds, steps = timer.take(state)
+            _check_finite(state, step, ckpt)
+            metrics = _scalar_metrics(metrics)
+            metrics["img/sec/core"] = config.batch_size * steps / max(seconds, 1e-9) / jax.device_count()
+            progress.log(step, metrics)
+            if writer:
+                writer.scalars(metrics, step, prefix="train")
+        due = due_evals(entries, step, config.total_steps)
+        results: dict[str, Any] = {}
+        if due:
+            timer.pause(state)
+            _check_finite(state, step, ckpt)
+            for split, evals in due.items():
+                split_results = task.evaluate(variables_of(state), split, evals, step, None)
+                results.update(split_results)
+                if writer:
+                    writer.scalars(split_results, step, prefix=split)
+                progress.write(f"step {step} [{split}] " + (task.describe(split_results) if task.describe else
+                                                             _describe(split_results)))
+            timer.start()
+        selected = best_metric in results if best_metric else False
+        if selected:
+            history.append({"step": step, best_metric: float(results[best_metric])})
+            if is_main:
+                workdir_lib.write_json(history_path, history)
+        if step % config.checkpoint_every == 0 or last or selected:
+            timer.pause(state)
+            _check_finite(state, step, ckpt)
+            ckpt.save(step, state, task.train_iterator,
+                      metrics={best_metric: float(results[best_metric])} if selected else None, force=True)
+            timer.start()
+    progress.close()
+    _check_finite(state, int(state["step"]), ckpt)
+    ckpt.wait()
+    if audit:
+        data = np.stack(audit)
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, data)
+        workdir_lib.write_bytes(workdir / "audit" / f"process_{jax.process_index()}.npy", buffer.getvalue())
+
+    # Final evaluation, once, on the checkpoint the config names.
+    last_step = int(state["step"])
+    which = config.get("final_eval_checkpoint", "best")
+    selection = {"split": final_split, "checkpoint": which, "last_step": last_step,
+                 "selection_metric": best_metric, "selection_split": (entries[best_metric.split("/")[0]]["split"]
+                                                                      if best_metric else None)}
+    eval_step = last_step
+    if which == "best":
+        kept = set(ckpt.all_steps())
+        candidates = [h for h in history if h["step"] in kept]
+        if not candidates:
+            raise RuntimeError(f"no kept checkpoint has {best_metric}; val history {history}, kept {sorted(kept)}")
+        pick = (max if config.get("best_mode", "max") == "max" else min)(candidates, key=lambda h: h[best_metric])
+        eval_step = pick["step"]
+        selection["selection_value"] = pick[best_metric]
+        if eval_step != last_step:
+            state = ckpt.restore(sharded_abstract(trainable), None, step=eval_step)
+    elif best_metric and history:
+        selection["selection_value"] = history[-1][best_metric] if history[-1]["step"] == last_step else None
+    selection["step"] = eval_step
+    final = task.evaluate(variables_of(state), final_split, entries, eval_step, workdir)
+    progress.write(f"final [{final_split}, {which} checkpoint, step {eval_step}] "
+                   + (task.describe(final) if task.describe else _describe(final)))
+    summary = dict(task.summarise(final) if task.summarise else metrics_io.scalars(final))
+    summary.update(step=eval_step, selection=selection)
+
+    # Export and records: every process joins the gather (sharded params span hosts); one writes.
+    export = (multihost_utils.process_allgather(variables_of(state), tiled=True)
+              if task.export is not None and config.get("export", True) else None)
+    if is_main:
+        if writer:
+            writer.scalars(final, eval_step, prefix=f"final_{final_split}")
+            writer.close()
+        metrics_io.write_json(workdir / "eval_metrics.json",
+                              {"final": final, "selection": selection, "val_history": history})
+        if export is not None:
+            task.export(export, workdir)
+        metrics_io.write_json(workdir / SUMMARY_FILE, summary)
+    if config.get("audit_writes", False):
+        workdir_lib.write_audit(workdir)
+    workdir_lib.barrier("fungizsl_run_done")
+    ckpt.close()
+    return summary
+
+
+def _describe(results: dict) -> str:
+    shown = [(k, v) for k, v in metrics_io.scalars(results).items()][:4]
+    return ", ".join(f"{k} {v:.4f}" for k, v in shown)

@@ -1,0 +1,140 @@
+"""Reading and writing a run's workdir, local or in the cloud, from one or many hosts.
+
+A workdir may be a local folder or a URI such as ``gs://bucket/run``; every path here is an
+``etils.epath.Path`` (``os.path``/``open``/``os.makedirs`` do not understand ``gs://``). Libraries
+that can only write local files (the ``tokenizers`` trainer, tensorboardX) write into a local
+temporary folder which is then copied over with :func:`upload_dir`; readers that need local files
+get a local copy with :func:`local_dir`.
+
+Several hosts, one writer: shared files (tokenizer, JSON, plots, TensorBoard, exports) are written
+by process 0 (:func:`is_main`), and :func:`barrier` makes the others wait before they read them.
+Every write through this module is recorded in :data:`WRITES`; :func:`write_audit` saves that
+record per process (``audit/writes_process_<i>.json``) so a test can show that each file was
+written once, by the process that should write it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+from etils import epath
+
+#: Workdir paths this process wrote, in order (see :func:`write_audit`).
+WRITES: list[str] = []
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """An ``epath.Path``; a relative local path is made absolute (Orbax needs absolute paths)."""
+    path = epath.Path(path)
+    return path if path.is_absolute() else path.resolve()
+
+
+def is_local(path: epath.Path) -> bool:
+    return "://" not in str(path)
+
+
+def is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> epath.Path:
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    WRITES.append(str(path))
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> epath.Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> epath.Path:
+    return write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(epath.Path(path).read_text())
+
+
+def upload_dir(local: str | os.PathLike, dest: str | os.PathLike) -> epath.Path:
+    """Copies the files of local folder ``local`` (recursively) to ``dest``."""
+    local, dest = os.fspath(local), epath.Path(dest)
+    for root, _, files in os.walk(local):
+        for name in files:
+            relative = os.path.relpath(os.path.join(root, name), local)
+            with open(os.path.join(root, name), "rb") as f:
+                write_bytes(dest / relative, f.read())
+    return dest
+
+
+def local_dir(path: str | os.PathLike) -> str:
+    """A local folder holding the files of ``path``: the folder itself when it is local, else a
+    fresh temporary copy (its top-level files; enough for tokenizers and exported weights)."""
+    path = epath.Path(path)
+    if is_local(path):
+        return os.fspath(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder")
+    local = tempfile.mkdtemp(prefix="fungizsl_")
+    for item in path.iterdir():
+        if item.is_file():
+            with open(os.path.join(local, item.name), "wb") as f:
+                f.write(item.read_bytes())
+    return local
+
+
+class TensorBoard:
+    """A tensorboardX writer for ``logdir`` (process 0 only; ``None`` writer elsewhere).
+
+    tensorboardX writes local files only: for a non-local ``logdir`` the events go to a local
+    temporary folder and every :meth:`flush` copies them over.
+    """
+
+    def __init__(self, logdir: epath.Path):
+        from tensorboardX import SummaryWriter
+
+        self.logdir = epath.Path(logdir)
+        self.local = os.fspath(self.logdir) if is_local(self.logdir) else tempfile.mkdtemp(prefix="fungizsl_tb_")
+        self.writer = SummaryWriter(self.local)
+        if is_local(self.logdir):
+            WRITES.append(str(self.logdir))
+
+    def scalars(self, values: dict[str, float], step: int, prefix: str) -> None:
+        from fungizsl.evaluate import metrics_io
+
+        metrics_io.write_scalars(self.writer, values, step, prefix=prefix)
+        self.flush()
+
+    def flush(self) -> None:
+        self.writer.flush()
+        if not is_local(self.logdir):
+            upload_dir(self.local, self.logdir)
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+        if not is_local(self.logdir):
+            upload_dir(self.local, self.logdir)
+            shutil.rmtree(self.local, ignore_errors=True)
+
+
+def write_audit(workdir: epath.Path) -> None:
+    """Saves this process's :data:`WRITES` as ``audit/writes_process_<i>.json`` (each process its own)."""
+    path = epath.Path(workdir) / "audit" / f"writes_process_{jax.process_index()}.json"
+    writes = list(WRITES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(writes, indent=1) + "\n")
