@@ -1,7 +1,7 @@
 """The JAX side of the benchmark: the FungalZSL train step exactly as the trainer compiles it.
 
-Model, optimizer and step come from the trainer's own functions (`make_train_step`,
-`optim.make_optimizer`, the same sharding rules and donation), built from an experiment config;
+Model, loss, optimizer and step come from the trainer's own functions (`fungalzsl.make_loss_fn`,
+`core.build`: the same optimizer, sharding rules, donation and NaN guard), built from an experiment config;
 only the batch is synthetic (random normalised images, random token ids with one end-of-text per
 row, three classes), so the benchmark needs no data on disk and no tokenizer training.
 """
@@ -12,10 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fungizsl import weights
 from fungizsl.models import two_towers
+from fungizsl.train import core, sharding
 from fungizsl.train import fungalzsl as trainer
-from fungizsl.train import optim, sharding
 
 
 @dataclasses.dataclass
@@ -25,15 +24,17 @@ class ClipBench:
     config: object
     model: two_towers.ClipModel
     params: dict  # host (numpy) initial params, shared with the torch reference
-    optimizer: object
-    schedule: object
+    trainable: core.Trainable
     mesh: object
-    state_sharding: object
     batch_size: int
 
     @property
     def image_size(self) -> int:
         return self.model.config.vision.image_size
+
+    @property
+    def state_sharding(self):
+        return self.trainable.state_sharding
 
 
 def clip_model_config(config, dtype: str, image_size: int | None = None) -> two_towers.ClipConfig:
@@ -52,24 +53,15 @@ def clip_model_config(config, dtype: str, image_size: int | None = None) -> two_
 
 def build(config, batch_size: int, dtype: str, image_size: int | None = None, mesh=None,
           params=None) -> ClipBench:
+    """The trainer's Trainable (fungizsl.train.core.build) for the FungalZSL task's loss."""
     model = two_towers.ClipModel(clip_model_config(config, dtype, image_size))
     if params is None:
-        params = jax.device_get(model.init(jax.random.key(config.seed),
-                                           *weights.clip.dummy_inputs(model.config))["params"])
-    optimizer, schedule = optim.make_optimizer(
-        params, learning_rate=config.lr, total_steps=config.total_steps, warmup_steps=config.warmup_steps,
-        weight_decay=config.wd, b2=config.optim.b2, grad_clip_norm=config.optim.grad_clip_norm,
-        frozen=tuple(config.optim.frozen), layer_decay=config.optim.layer_decay)
+        params = jax.device_get(trainer.init_fn(model)(jax.random.key(config.seed))["params"])
+    task = core.Task(name="fungalzsl_bench", init_variables=trainer.init_fn(model),
+                     loss_fn=trainer.make_loss_fn(model, config.loss.class_aware, config.loss.get("combine", "mean")),
+                     train_iterator=None, evaluate=lambda *a: {}, post_update=trainer.clamp_logit_scale)
     mesh = mesh or sharding.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
-    abstract = jax.eval_shape(lambda p: init_state(optimizer, p), params)
-    rules = tuple(tuple(r) for r in config.sharding_rules)
-    state_sharding = (sharding.fsdp_sharding(abstract, mesh, rules) if rules
-                      else jax.tree.map(lambda _: sharding.replicated(mesh), abstract))
-    return ClipBench(config, model, params, optimizer, schedule, mesh, state_sharding, batch_size)
-
-
-def init_state(optimizer, params):
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+    return ClipBench(config, model, params, core.build(config, task, mesh), mesh, batch_size)
 
 
 def synthetic_batch(bench: ClipBench, seed: int = 0) -> dict:
@@ -91,29 +83,19 @@ def place_batch(bench: ClipBench, batch: dict):
 
 
 def new_state(bench: ClipBench):
-    return jax.jit(lambda p: init_state(bench.optimizer, p), out_shardings=bench.state_sharding)(bench.params)
+    return bench.trainable.place_variables({"params": bench.params})
 
 
 def train_step_fn(bench: ClipBench):
-    """jit of the trainer's step with the trainer's shardings and donation."""
-    return jax.jit(trainer.make_train_step(bench.model, bench.optimizer, bench.schedule,
-                                           bench.config.loss.class_aware),
-                   in_shardings=(bench.state_sharding, sharding.batch_sharding(bench.mesh)),
-                   out_shardings=(bench.state_sharding, sharding.replicated(bench.mesh)), donate_argnums=0)
+    """The trainer core's jitted step (its shardings, donation, NaN guard, optimizer)."""
+    return bench.trainable.train_step
 
 
 def loss_and_grad_fn(bench: ClipBench):
     """The loss and its gradient only (no optimizer): the model-FLOP part of the step."""
-    encode = trainer._encode(bench.model)
-    from fungizsl import losses
-
-    def loss_fn(params, batch):
-        zimg, ztxt = encode(params, batch["image"], batch["input_ids"])
-        scale = jnp.exp(jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE))
-        return losses.contrastive_loss(zimg, ztxt, scale, labels=batch["label"],
-                                       class_aware=bench.config.loss.class_aware)[0]
-
-    return jax.jit(jax.value_and_grad(loss_fn))
+    loss_fn = trainer.make_loss_fn(bench.model, bench.config.loss.class_aware,
+                                   bench.config.loss.get("combine", "mean"))
+    return jax.jit(jax.value_and_grad(lambda params, batch: loss_fn(params, {}, batch, None)[0]))
 
 
 def embed_images_fn(bench: ClipBench):

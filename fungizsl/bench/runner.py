@@ -50,7 +50,8 @@ def _torch_contenders(bench, batch_np, modes, dtype, threads):
         hf = torch_clip.build(bench.model, bench.params, threads)
         stepper = torch_clip.TorchClipStep(hf, lr=config.lr, weight_decay=config.wd, b2=config.optim.b2,
                                            grad_clip_norm=config.optim.grad_clip_norm,
-                                           class_aware=config.loss.class_aware, dtype=dtype, mode=mode)
+                                           class_aware=config.loss.class_aware,
+                                           combine=config.loss.get("combine", "mean"), dtype=dtype, mode=mode)
         if loss0 is None:
             loss0 = stepper.loss(tbatch)
         try:

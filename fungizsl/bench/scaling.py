@@ -87,17 +87,16 @@ def _state_bytes_per_device(abstract_state, shardings) -> dict:
 def fsdp_child(arch: str, batch: int, resolution: int | None) -> dict:
     """In a process with N devices: the FSDP config's train step, compiled, on an fsdp=N mesh."""
     from configs import fungalzsl as configs
-    from fungizsl.train import sharding
+    from fungizsl.train import core, sharding
 
     n = jax.device_count()
     config = configs.get_config(f"arch={arch}")
     config.sharding_rules = ((".*", "fsdp"),)
     mesh = sharding.make_mesh(data=1, fsdp=n)
     bench = clip_step.build(config, batch, config.model.dtype, image_size=resolution, mesh=mesh,
-                            params=_abstract_params(config, resolution))
-    abstract_state = jax.eval_shape(lambda p: clip_step.init_state(bench.optimizer, p), bench.params)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         abstract_state, bench.state_sharding)
+                            params={})  # compile only: no parameter values needed
+    abstract_state = bench.trainable.abstract_state
+    state = core.sharded_abstract(bench.trainable)
     batch_abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)),
         clip_step.synthetic_batch(bench))
@@ -107,14 +106,6 @@ def fsdp_child(arch: str, batch: int, resolution: int | None) -> dict:
             "compile_s": time.perf_counter() - start, "memory": measure.memory(compiled),
             **_state_bytes_per_device(abstract_state, bench.state_sharding),
             "collectives_bytes": _collective_bytes(compiled.as_text())}
-
-
-def _abstract_params(config, resolution):
-    model = clip_step.two_towers.ClipModel(clip_step.clip_model_config(config, config.model.dtype, resolution))
-    from fungizsl import weights
-
-    shapes = weights.init_params_shapes(model, weights.clip.SPEC)
-    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)  # host zeros: no init compute
 
 
 def loss_comm_child(batches, dim: int = 512) -> list[dict]:

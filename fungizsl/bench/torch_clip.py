@@ -30,9 +30,11 @@ def build(model, params, threads: int):
 
 
 def _decayed(name: str, param: torch.nn.Parameter) -> bool:
-    # fungizsl.train.optim decays `kernel` and `embedding` leaves: every Linear/Conv weight and
-    # the token/position embedding tables (HF names end in `.weight` for both) except norms.
-    # The class embedding and logit scale are not decayed.
+    # fungizsl.train.optim decays `kernel` and `embedding` leaves: every Linear/Conv weight, the
+    # token table and the vision position table, not norms; our text position table is a plain
+    # parameter (not decayed), as are the class embedding and the logit scale.
+    if name == "text_model.embeddings.position_embedding.weight":
+        return False
     return name.endswith(".weight") and "norm" not in name
 
 
@@ -44,8 +46,8 @@ def make_optimizer(hf, lr: float, weight_decay: float, b2: float):
                              lr=lr, betas=(0.9, b2), eps=1e-6)
 
 
-def contrastive_loss(zimg, ztxt, scale, labels=None, class_aware=False):
-    """`fungizsl.losses.contrastive_loss` (combine="mean") in torch."""
+def contrastive_loss(zimg, ztxt, scale, labels=None, class_aware=False, combine="mean"):
+    """`fungizsl.losses.contrastive_loss` in torch."""
     logits_i2t = scale * zimg @ ztxt.T
     logits_t2i = logits_i2t.T
     if class_aware:
@@ -55,7 +57,7 @@ def contrastive_loss(zimg, ztxt, scale, labels=None, class_aware=False):
         targets = torch.eye(zimg.shape[0], dtype=zimg.dtype)
     l_image = -(targets * F.log_softmax(logits_i2t.float(), -1)).sum(-1).mean()
     l_text = -(targets * F.log_softmax(logits_t2i.float(), -1)).sum(-1).mean()
-    return 0.5 * (l_image + l_text)
+    return 0.5 * (l_image + l_text) if combine == "mean" else l_image + l_text
 
 
 def to_torch_batch(batch: dict) -> dict:
@@ -70,9 +72,9 @@ class TorchClipStep:
     "eager" or "compile" (torch.compile of the forward+loss), `dtype` "float32" or "bfloat16"
     (CPU autocast)."""
 
-    def __init__(self, hf, *, lr, weight_decay, b2, grad_clip_norm, class_aware, dtype="float32",
-                 mode="eager"):
-        self.hf, self.class_aware, self.clip = hf, class_aware, grad_clip_norm
+    def __init__(self, hf, *, lr, weight_decay, b2, grad_clip_norm, class_aware, combine="mean",
+                 dtype="float32", mode="eager"):
+        self.hf, self.class_aware, self.clip, self.combine = hf, class_aware, grad_clip_norm, combine
         self.optimizer = make_optimizer(hf, lr, weight_decay, b2)
         self.dtype = dtype
         self.forward = torch.compile(self._loss) if mode == "compile" else self._loss
@@ -86,7 +88,8 @@ class TorchClipStep:
         with self._autocast():
             out = self.hf(pixel_values=pixel_values, input_ids=input_ids)
         scale = self.hf.logit_scale.clamp(max=float(np.log(100.0))).exp()
-        return contrastive_loss(out.image_embeds.float(), out.text_embeds.float(), scale, label, self.class_aware)
+        return contrastive_loss(out.image_embeds.float(), out.text_embeds.float(), scale, label, self.class_aware,
+                                self.combine)
 
     def loss(self, batch) -> float:
         with torch.no_grad():
