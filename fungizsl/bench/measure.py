@@ -81,18 +81,29 @@ def datasheet_peak(device_kind: str) -> float | None:
     return None
 
 
-def matmul_contender(n: int = 2048, dtype=jnp.float32):
-    """(callable, flops per call) of an n x n x n matmul, compiled."""
+def matmul_contender(n: int = 4096, dtype=jnp.float32, calls: int = 3):
+    """(callable, flops per call) of an n x n x n matmul, compiled. Each round makes `calls`
+    calls and reports the fastest (in its "times"), so the recorded peak is the least disturbed
+    sample of a shared machine."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     fn = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
     block(fn(a, b))
-    return (lambda: block(fn(a, b))), 2.0 * n ** 3
+
+    def best_of():
+        best = float("inf")
+        for _ in range(calls):
+            start = time.perf_counter()
+            block(fn(a, b))
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return best_of, 2.0 * n ** 3
 
 
-def measured_matmul_peak(n: int = 2048, rounds: int = 5, dtype=jnp.float32) -> float:
+def measured_matmul_peak(n: int = 4096, rounds: int = 3, dtype=jnp.float32) -> float:
     call, flops = matmul_contender(n, dtype)
-    return flops / interleaved({"mm": call}, rounds)["mm"]["min_s"]
+    return flops / min(call() for _ in range(rounds))
 
 
 # -- model FLOPs -----------------------------------------------------------------------------------

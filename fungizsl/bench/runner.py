@@ -76,8 +76,9 @@ def run_dtype(config, batch: int, dtype: str, rounds: int, reference: str, torch
               "compile_s": compile_s, "initial_loss_jax": initial_loss, "model_flops_per_step": model_flops,
               "xla_step_flops": measure.cost_analysis_flops(compiled), "memory": measure.memory(compiled)}
     contenders = {"jax": step}
+    peak_samples = []
     if peak_fn is not None:
-        contenders["matmul_peak"] = peak_fn[0]
+        contenders["matmul_peak"] = lambda: peak_samples.append(peak_fn[0]())
     if reference == "torch":
         modes = torch_modes(record["params"])
         torch_steps, errors, loss0, tbatch = _torch_contenders(bench, batch_np, modes, dtype, threads)
@@ -91,8 +92,11 @@ def run_dtype(config, batch: int, dtype: str, rounds: int, reference: str, torch
     record["step_ms"] = 1e3 * jax_t["median_s"]
     record["jax_images_per_sec"] = batch / jax_t["median_s"]
     if peak_fn is not None:
-        record["peak_flops"] = peak_fn[1] / times["matmul_peak"]["median_s"]
-        record["peak_source"] = "measured: 2048^3 fp32 matmul in XLA, same interleaved rounds"
+        # Best of all samples on both sides: the least disturbed moments of a shared machine.
+        record["peak_flops"] = peak_fn[1] / min(peak_samples)
+        record["peak_flops_median"] = peak_fn[1] / float(np.median(peak_samples))
+        record["peak_source"] = ("measured: fastest 4096^3 fp32 matmul in XLA over the same interleaved "
+                                 "rounds; MFU uses the fastest step")
     for name in contenders:
         if name.startswith("torch_"):
             record[f"{name}_images_per_sec"] = batch / times[name]["median_s"]
@@ -142,6 +146,7 @@ def run_all(config, *, batch, dtypes, rounds, reference, torch_modes, profile, p
     primary = next((r for r in runs if r["dtype"] == primary_dtype), runs[0])
     peak = primary.get("peak_flops") or datasheet
     achieved = primary["model_flops_per_step"] / (primary["step_ms"] / 1e3)
+    best = primary["model_flops_per_step"] / primary["timing"]["jax"]["min_s"]
     out = {
         "runs": runs, "primary_dtype": primary["dtype"],
         "step_ms": primary["step_ms"],
@@ -154,7 +159,10 @@ def run_all(config, *, batch, dtypes, rounds, reference, torch_modes, profile, p
         "peak_flops": peak,
         "peak_source": primary.get("peak_source") or (f"datasheet dense bf16 peak of {device['device_kind']}"
                                                       if datasheet else "unknown device: no MFU"),
-        "mfu": achieved / peak if peak else None,
+        "model_flops_per_sec_best": best,
+        # CPU: fastest step against the fastest matmul of the same run; accelerators: median step
+        # against the datasheet.
+        "mfu": ((best if cpu else achieved) / peak) if peak else None,
         "peak_memory_bytes": measure.device_peak_memory() or primary["memory"].get("peak_estimate"),
     }
     if pipeline:
@@ -196,7 +204,8 @@ def format_report(r: dict) -> str:
     p = r["runs"][0]
     lines.append(f"model FLOPs/step (matmuls, fwd+bwd) {p['model_flops_per_step'] / 1e9:.2f} G; "
                  f"XLA cost analysis of the whole step {_fmt((p['xla_step_flops'] or 0) / 1e9, '.2f')} G")
-    lines.append(f"achieved {r['model_flops_per_sec'] / 1e9:.1f} GFLOP/s; peak {_fmt((r['peak_flops'] or 0) / 1e9)} "
+    lines.append(f"achieved {r['model_flops_per_sec'] / 1e9:.1f} GFLOP/s (median step), "
+                 f"{r['model_flops_per_sec_best'] / 1e9:.1f} (fastest step); peak {_fmt((r['peak_flops'] or 0) / 1e9)} "
                  f"GFLOP/s ({r['peak_source']}); MFU {_fmt(r['mfu'] and 100 * r['mfu'])} %")
     lines.append(f"images/s/core {r['jax_images_per_sec_per_core']:.2f}; compiled peak memory "
                  f"{_fmt((r['peak_memory_bytes'] or 0) / 2 ** 20)} MiB; initial loss JAX {p['initial_loss_jax']:.6f}"
