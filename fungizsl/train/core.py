@@ -76,7 +76,7 @@ from jax.experimental import multihost_utils
 from fungizsl import placement
 from fungizsl import workdir as workdir_lib
 from fungizsl.evaluate import metrics_io
-from fungizsl.train import checkpoint, optim, sharding
+from fungizsl.train import checkpoint, optim, sharding, timing
 
 SUMMARY_FILE = "summary.json"
 VAL_HISTORY_FILE = "val_history.json"
@@ -380,13 +380,22 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
     # Loop.
     progress = Progress(config.total_steps, first_step, is_main)
     timer = StepTimer()
+    clock = timing.PhaseClock()
     timer.start()
     for step in range(first_step + 1, config.total_steps + 1):
-        local_batch = next(task.train_iterator)
+        with clock.phase("input pipeline"):
+            local_batch = next(task.train_iterator)
         if audit is not None:  # which records this process trained on, step by step
             audit.append(np.asarray(local_batch["index"]))
-        state, metrics = trainable.train_step(state, placement.to_global_batch(local_batch, mesh))
-        timer.steps += 1
+        with clock.phase("host-to-device"):
+            global_batch = jax.block_until_ready(placement.to_global_batch(local_batch, mesh))
+        state, metrics = trainable.train_step(state, global_batch)
+        if step == first_step + 1:
+            with clock.phase("first step (compile)"):
+                jax.block_until_ready(state)
+            timer.start()  # img/sec/core leaves compilation out
+        else:
+            timer.steps += 1
         progress.update()
         last = step == config.total_steps
         if step % config.log_every == 0 or last:
@@ -402,6 +411,7 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
         if due:
             timer.pause(state)
             _check_finite(state, step, ckpt)
+            eval_start = time.perf_counter()
             for split, evals in due.items():
                 split_results = task.evaluate(variables_of(state), split, evals, step, None)
                 results.update(split_results)
@@ -409,6 +419,7 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
                     writer.scalars(split_results, step, prefix=split)
                 progress.write(f"step {step} [{split}] " + (task.describe(split_results) if task.describe else
                                                              _describe(split_results)))
+            clock.seconds["evaluation"] += time.perf_counter() - eval_start
             timer.start()
         selected = best_metric in results if best_metric else False
         if selected:
@@ -418,12 +429,16 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
         if step % config.checkpoint_every == 0 or last or selected:
             timer.pause(state)
             _check_finite(state, step, ckpt)
-            ckpt.save(step, state, task.train_iterator,
-                      metrics={best_metric: float(results[best_metric])} if selected else None, force=True)
+            with clock.phase("checkpointing"):
+                ckpt.save(step, state, task.train_iterator,
+                          metrics={best_metric: float(results[best_metric])} if selected else None, force=True)
             timer.start()
     progress.close()
     _check_finite(state, int(state["step"]), ckpt)
-    ckpt.wait()
+    with clock.phase("checkpointing"):
+        ckpt.wait()
+    time_split = clock.split()
+    progress.write(timing.format_split(time_split))
     if audit:
         data = np.stack(audit)
         import io
@@ -456,7 +471,7 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
     progress.write(f"final [{final_split}, {which} checkpoint, step {eval_step}] "
                    + (task.describe(final) if task.describe else _describe(final)))
     summary = dict(task.summarise(final) if task.summarise else metrics_io.scalars(final))
-    summary.update(step=eval_step, selection=selection)
+    summary.update(step=eval_step, selection=selection, time_split_s=time_split)
 
     # Export and records: every process joins the gather (sharded params span hosts); one writes.
     export = (multihost_utils.process_allgather(variables_of(state), tiled=True)

@@ -1,0 +1,106 @@
+"""The JAX side of the benchmark: the FungalZSL train step exactly as the trainer compiles it.
+
+Model, loss, optimizer and step come from the trainer's own functions (`fungalzsl.make_loss_fn`,
+`core.build`: the same optimizer, sharding rules, donation and NaN guard), built from an experiment config;
+only the batch is synthetic (random normalised images, random token ids with one end-of-text per
+row, three classes), so the benchmark needs no data on disk and no tokenizer training.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fungizsl.models import two_towers
+from fungizsl.train import core, sharding
+from fungizsl.train import fungalzsl as trainer
+
+
+@dataclasses.dataclass
+class ClipBench:
+    """Everything one measurement needs, for one (config, batch, dtype)."""
+
+    config: object
+    model: two_towers.ClipModel
+    params: dict  # host (numpy) initial params, shared with the torch reference
+    trainable: core.Trainable
+    mesh: object
+    batch_size: int
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.vision.image_size
+
+    @property
+    def state_sharding(self):
+        return self.trainable.state_sharding
+
+
+def clip_model_config(config, dtype: str, image_size: int | None = None) -> two_towers.ClipConfig:
+    """The from-scratch architecture the trainer builds (vocabulary and context from the config;
+    the trainer takes them from the BPE it trains, at most those sizes)."""
+    m = config.model
+    clip = two_towers.clip_config(m.arch, dtype=dtype, scan=m.scan, remat=m.remat)
+    vocab = int(m.vocab_size)
+    return dataclasses.replace(
+        clip,
+        vision=dataclasses.replace(clip.vision, image_size=image_size or config.data.image_size,
+                                   patch_size=m.get("patch_size") or clip.vision.patch_size),
+        text=dataclasses.replace(clip.text, vocab_size=vocab, eot_token_id=vocab - 1,
+                                 context_length=int(m.text_context)))
+
+
+def build(config, batch_size: int, dtype: str, image_size: int | None = None, mesh=None,
+          params=None) -> ClipBench:
+    """The trainer's Trainable (fungizsl.train.core.build) for the FungalZSL task's loss."""
+    model = two_towers.ClipModel(clip_model_config(config, dtype, image_size))
+    if params is None:
+        params = jax.device_get(trainer.init_fn(model)(jax.random.key(config.seed))["params"])
+    task = core.Task(name="fungalzsl_bench", init_variables=trainer.init_fn(model),
+                     loss_fn=trainer.make_loss_fn(model, config.loss.class_aware, config.loss.get("combine", "mean")),
+                     train_iterator=None, evaluate=lambda *a: {}, post_update=trainer.clamp_logit_scale)
+    mesh = mesh or sharding.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
+    return ClipBench(config, model, params, core.build(config, task, mesh), mesh, batch_size)
+
+
+def synthetic_batch(bench: ClipBench, seed: int = 0) -> dict:
+    """Host numpy batch shaped like the pipeline's: image [B,H,W,3] f32, input_ids [B,T] i32, label [B]."""
+    rng = np.random.RandomState(seed)
+    text = bench.model.config.text
+    size = bench.image_size
+    ids = rng.randint(0, text.eot_token_id, (bench.batch_size, text.context_length)).astype(np.int32)
+    ends = rng.randint(1, text.context_length, bench.batch_size)
+    for row, end in enumerate(ends):
+        ids[row, end:] = text.eot_token_id  # Hugging Face padding: end-of-text repeated
+    return {"image": rng.randn(bench.batch_size, size, size, 3).astype(np.float32),
+            "input_ids": ids,
+            "label": rng.randint(0, 3, bench.batch_size).astype(np.int32)}
+
+
+def place_batch(bench: ClipBench, batch: dict):
+    return sharding.shard_batch(batch, bench.mesh)
+
+
+def new_state(bench: ClipBench):
+    return bench.trainable.place_variables({"params": bench.params})
+
+
+def train_step_fn(bench: ClipBench):
+    """The trainer core's jitted step (its shardings, donation, NaN guard, optimizer)."""
+    return bench.trainable.train_step
+
+
+def loss_and_grad_fn(bench: ClipBench):
+    """The loss and its gradient only (no optimizer): the model-FLOP part of the step."""
+    loss_fn = trainer.make_loss_fn(bench.model, bench.config.loss.class_aware,
+                                   bench.config.loss.get("combine", "mean"))
+    return jax.jit(jax.value_and_grad(lambda params, batch: loss_fn(params, {}, batch, None)[0]))
+
+
+def embed_images_fn(bench: ClipBench):
+    return jax.jit(lambda p, images: bench.model.apply({"params": p}, images, method="encode_image"))
+
+
+def param_count(params) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
