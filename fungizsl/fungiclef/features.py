@@ -295,8 +295,9 @@ def read_shard(path) -> list[dict]:
     return records
 
 
-def _info(cfg: FeatureConfig, description: str, is_dinov2: bool, sizes: dict) -> dict:
-    return {"tower": description, "is_dinov2": is_dinov2, "settings": dataclasses.asdict(cfg),
+def _info(cfg: FeatureConfig, description: str, is_dinov2: bool, num_registers: int, sizes: dict) -> dict:
+    return {"tower": description, "is_dinov2": is_dinov2, "num_registers": num_registers,
+            "settings": dataclasses.asdict(cfg),
             "splits": {s: {"num_images": n, "num_shards": max(1, math.ceil(n / cfg.shard_size))}
                        for s, n in sizes.items()}}
 
@@ -326,7 +327,7 @@ def extract(sources: dict, out_dir, cfg: FeatureConfig = FeatureConfig(), show_p
     if "train" not in sources and not cfg.tower:
         raise ConfigError("the self-trained tower needs the 'train' split")
     module, params, description = get_tower(cfg, out, sources.get("train"), show_progress)
-    info = _info(cfg, description, bool(cfg.tower), sizes)
+    info = _info(cfg, description, bool(cfg.tower), int(module.config.num_registers), sizes)
     if workdir_lib.is_main():
         workdir_lib.write_json(info_path, info)
 
@@ -412,7 +413,8 @@ def load_split(out_dir, split: str) -> dict:
             "observation_id": np.asarray([r["observation_id"] for r in records], np.int64),
             "category_id": np.asarray([r["category_id"] for r in records], np.int64),
             "index": np.asarray([r["index"] for r in records], np.int64),
-            "metadata": [r["metadata"] for r in records], "tower": info["tower"], "is_dinov2": info["is_dinov2"]}
+            "metadata": [r["metadata"] for r in records], "tower": info["tower"], "is_dinov2": info["is_dinov2"],
+            "num_registers": int(info.get("num_registers", 0))}
 
 
 # -------------------------------------------------------------------------------------------------
