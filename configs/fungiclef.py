@@ -111,6 +111,9 @@ def _full(config, runlocal: bool):
     m.use_visual = True
     m.use_text = True
     m.use_prior = False  # the paper has no count prior; True adds it to the logits
+    # Ours, not the paper's: add the stage-1 prototype classifier's scores (learned scale) to the
+    # stage-2 logits, so the few-shot classifier starts from what stage 1 already separates.
+    m.use_stage1_prototypes = True
     m.qformer_width = 256
     m.qformer_depth = 2
     m.qformer_heads = 8

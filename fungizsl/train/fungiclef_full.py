@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import flax.linen as nn
 import grain
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,7 @@ from fungizsl.models.fewshot import FusionClassifier, Stage1Model
 from fungizsl.train import checkpoint, core
 from fungizsl.train import fungiclef_data as fd
 from fungizsl.train import fungiclef_stage1 as s1
-from fungizsl.train.fungiclef import HEADLINE, PriorPlusFusion, _log_softmax_np
+from fungizsl.train.fungiclef import HEADLINE, _log_softmax_np
 
 SPLITS = ("train", "val", "test")
 
@@ -67,6 +68,7 @@ class SplitData:
     groups: np.ndarray  # int [N_obs, G] image positions, -1 padding
     records: list  # metadata dict per observation
     inputs: dict  # per-observation metadata model inputs
+    image_inputs: dict = dataclasses.field(default_factory=dict)  # per-image inputs (stage-1 prototype scores)
 
 
 @dataclasses.dataclass
@@ -185,6 +187,7 @@ class Stage2Batch(grain.transforms.Map):
         obs = self.data.image_obs[rows]
         batch = {"tokens": self.data.tokens[rows, views], "label": self.data.labels[rows].astype(np.int32)}
         batch.update({k: v[obs] for k, v in self.data.inputs.items() if k != "sentence"})
+        batch.update({k: v[rows] for k, v in self.data.image_inputs.items()})
         if "sentence" in self.data.inputs:
             sent = self.data.inputs["sentence"][obs]
             batch["text_states"], batch["text_mask"] = self.text_states[sent], self.text_mask[sent]
@@ -286,6 +289,52 @@ def make_stage1_task(config, data: FullData) -> core.Task:
 # Stage 2
 # -------------------------------------------------------------------------------------------------
 
+class ResidualFusion(nn.Module):
+    """FusionClassifier logits + exp(learned log-scale) x each given log-score input: the metadata
+    prior (`prior`) and the stage-1 prototype classifier (`proto`). Missing inputs add nothing."""
+
+    fusion: FusionClassifier
+    residuals: tuple[str, ...] = ()
+
+    @nn.compact
+    def __call__(self, batch, train: bool = False):
+        out = self.fusion(batch, train)
+        for name in self.residuals:
+            if name in batch:
+                scale = jnp.exp(self.param(f"{name}_log_scale", nn.initializers.zeros, ()))
+                out["logits"] = out["logits"] + scale * jax.nn.log_softmax(batch[name].astype(jnp.float32), -1)
+        return out
+
+
+def stage1_prototype_scores(apply, params, data: FullData, scale: float = 16.0) -> None:
+    """Adds `image_inputs["proto"]` to every split: scale x cosine of each image's stage-1
+    embedding to each class's prototype (mean training embedding). A training image's prototypes
+    leave its own observation out (its other photos are the same specimen), so stage 2 learns how
+    far to trust this evidence on images the prototypes have not seen."""
+    train = data.splits["train"]
+    emb_train = stage1_embeddings(apply, params, train.tokens)
+    C = data.num_classes
+    sums = np.zeros((C, emb_train.shape[1]))
+    np.add.at(sums, train.labels, emb_train)
+    counts = np.bincount(train.labels, minlength=C).astype(np.float64)
+    for name, sp in data.splits.items():
+        emb = emb_train if name == "train" else stage1_embeddings(apply, params, sp.tokens)
+        logits = np.empty((len(emb), C), np.float32)
+        for o, members in enumerate(sp.groups):
+            members = members[members >= 0]
+            s_, n_ = sums, counts
+            if name == "train":  # leave this observation out
+                c = sp.labels[members[0]]
+                s_, n_ = sums.copy(), counts.copy()
+                s_[c] -= emb_train[members].sum(0)
+                n_[c] -= len(members)
+            protos = s_ / np.maximum(np.linalg.norm(s_, axis=1, keepdims=True), 1e-12)
+            cos = emb[members] @ protos.T
+            cos[:, n_ <= 0] = -1.0
+            logits[members] = scale * cos
+        sp.image_inputs["proto"] = logits
+
+
 def stage2_model(config, data: FullData):
     m, s = config.model, config.stage1
     fusion = FusionClassifier(
@@ -295,13 +344,15 @@ def stage2_model(config, data: FullData):
         encoder_width=s.width, encoder_depth=s.depth, encoder_heads=s.heads,
         width=m.qformer_width, depth=m.qformer_depth, num_heads=m.qformer_heads, num_queries=m.num_queries,
         dropout=m.dropout, dtype=m.dtype)
-    return PriorPlusFusion(fusion)
+    return ResidualFusion(fusion, ("prior", "proto"))
 
 
 def _stage2_inputs(batch: dict, config) -> dict:
     keys = ["field_ids", "numeric", "text_states", "text_mask", "tokens"]
     if config.model.use_prior:
         keys.append("prior")
+    if config.model.use_stage1_prototypes:
+        keys.append("proto")
     return {k: batch[k] for k in keys if k in batch}
 
 
@@ -322,6 +373,7 @@ class Stage2Scorer:
                 obs = sp.image_obs[rows]
                 chunk = {"tokens": sp.tokens[rows, view]}
                 chunk.update({k: x[obs] for k, x in sp.inputs.items() if k != "sentence"})
+                chunk.update({k: x[rows] for k, x in sp.image_inputs.items()})
                 if "sentence" in sp.inputs:
                     sent = sp.inputs["sentence"][obs]
                     chunk["text_states"], chunk["text_mask"] = self.data.text_states[sent], self.data.text_mask[sent]
@@ -472,6 +524,10 @@ def train_and_evaluate(config, workdir) -> dict:
         mesh = core.make_mesh(c1)
         stage1 = core.run(c1, workdir / "stage1", make_stage1_task(c1, data), mesh)
         stage1_params = checkpoint.load_params(workdir / "stage1" / "checkpoints" / str(stage1["step"]))
+        if config.model.use_stage1_prototypes:
+            model = stage1_model(c1, data)
+            apply = jax.jit(lambda p, x: model.apply({"params": p}, x.astype(jnp.float32))["embedding"])
+            stage1_prototype_scores(apply, stage1_params, data)
         timings["stage1_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
@@ -496,7 +552,8 @@ def train_and_evaluate(config, workdir) -> dict:
                              "stage1_frozen_in_stage2": bool(config.stage2.frozen),
                              "pooling": config.evals.fungiclef.get("pooling", "mean"),
                              "use_visual": config.model.use_visual, "use_text": config.model.use_text,
-                             "use_prior": config.model.use_prior})
+                             "use_prior": config.model.use_prior,
+                             "use_stage1_prototypes": config.model.use_stage1_prototypes})
     if show:
         metrics_io.write_json(workdir / core.SUMMARY_FILE, summary)
         print(format_table(summary), flush=True)
