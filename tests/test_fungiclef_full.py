@@ -128,3 +128,30 @@ def test_tiny_pipeline_writes_summary_and_submission(tiny_tfds, tmp_path):
         assert set(sub) == set(int(o) for o in test["observation_id"])
         assert all(len(v) == min(10, TINY.num_species) and len(set(v)) == len(v) for v in sub.values())
         assert all(0 <= c < TINY.num_species for v in sub.values() for c in v)
+
+
+def test_dinov2_folder_features_equal_the_tower_applied_directly(tiny_tfds, tmp_path):
+    """The DINOv2 branch: a (random) dinov2-with-registers folder exported in Hugging Face format
+    is loaded by `weights.load_pretrained`; cached tokens (CLS, 4 registers, patches) equal the
+    tower applied to the same view, and the cache calls the tower DINOv2."""
+    import jax
+
+    from fungizsl import weights
+    from fungizsl.models import vit
+
+    root, _ = tiny_tfds
+    module = vit.VisionTransformer(vit.vit_config("dinov2_tiny_reg"))
+    params = module.init(jax.random.key(0), np.zeros((1, 28, 28, 3), np.float32))["params"]
+    folder = tmp_path / "dinov2-tiny-reg"
+    weights.export_pretrained(module, jax.device_get(params), folder)
+    sources = {"val": _sources(root)["val"], "test": _sources(root)["test"]}
+    cfg = dataclasses.replace(FEATURES, tower=str(folder), image_size=28, views=("identity", "rot90"))
+    info = feat_lib.extract(sources, tmp_path / "features", cfg, show_progress=False)
+    assert info["is_dinov2"] and info["tower"].startswith("DINOv2 from") and info["num_registers"] == 4
+    got = feat_lib.load_split(tmp_path / "features", "val")
+    assert got["tokens"].shape[1:] == (2, 1 + 4 + 4, 64)
+    record = sources["val"][3]
+    for v, view in enumerate(cfg.views):
+        image = feat_lib.normalise(feat_lib.view_image(record["image"], view, 28)[None])
+        want = np.asarray(module.apply({"params": params}, image)["last_hidden_state"][0])
+        np.testing.assert_allclose(got["tokens"][3, v].astype(np.float32), want, atol=2e-2, rtol=2e-2)
