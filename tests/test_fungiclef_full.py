@@ -113,7 +113,8 @@ def test_tiny_pipeline_writes_summary_and_submission(tiny_tfds, tmp_path):
     for base in ("nearest_neighbour", "prototype", "metadata"):
         assert 0.0 <= written["baselines"][f"{base}/top5"] <= 1.0
     assert 0.0 <= written["stage1"]["top5"] <= 1.0
-    assert written["selection"]["stage2"]["selection_split"] == "val" and written["split"] == "test"
+    assert written["selection"]["selection_split"] == "val" and written["split"] == "test"
+    assert written["selection"]["stage1"]["selection_split"] == "val"
     assert "not DINOv2" in written["tower"] and written["is_dinov2"] is False
     assert written["num_observations"] == counts["test"]["observations"]
     assert len(written["ensemble"]["members"]) >= 2 and "test" in written["ensemble"]

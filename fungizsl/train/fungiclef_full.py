@@ -546,7 +546,7 @@ def train_and_evaluate(config, workdir) -> dict:
     summary.update(baselines=stage2.get("baselines", {}), pooling=stage2.get("pooling", {}),
                    stage1={k: stage1.get(k) for k in HEADLINE} if stage1 else None,
                    ensemble=ens, tower=data.tower, is_dinov2=("DINOv2" in data.tower and "not DINOv2" not in data.tower),
-                   selection={"stage1": stage1 and stage1["selection"], "stage2": stage2["selection"]},
+                   selection=dict(stage2["selection"], stage1=stage1 and stage1["selection"]),
                    split="test", timings=timings,
                    settings={"stage1_loss": config.stage1.loss, "stage1_heads": config.stage1.heads,
                              "stage1_frozen_in_stage2": bool(config.stage2.frozen),
