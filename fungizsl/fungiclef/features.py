@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -168,14 +169,22 @@ def train_small_tower(source, cfg: FeatureConfig, show_progress: bool = True):
         return optax.apply_updates(params, updates), opt_state, loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
     data_rng = np.random.default_rng([cfg.seed, 7])
-    bar = tqdm(range(cfg.small_steps), desc=f"training the {SELF_TRAINED}", disable=not show_progress, mininterval=5)
+    bar = tqdm(range(cfg.small_steps), desc=f"training the {SELF_TRAINED}", disable=not _tty(show_progress),
+               mininterval=5)
     for s in bar:
         pick = data_rng.integers(0, n, cfg.small_batch)
         x = _augment(images[pick], data_rng)
         params, opt_state, loss, acc = step(params, opt_state, normalise(x), labels[pick])
         if s % 50 == 0 or s == cfg.small_steps - 1:
             bar.set_postfix(loss=f"{float(loss):.3f}", train_acc=f"{float(acc):.2f}")
+            if show_progress and not _tty(True):  # one line per log step in logs
+                print(f"{SELF_TRAINED}: step {s + 1}/{cfg.small_steps}, loss {float(loss):.3f}, "
+                      f"batch accuracy {float(acc):.2f}", flush=True)
     return tower, jax.device_get(params["tower"]), float(loss)
+
+
+def _tty(show_progress: bool) -> bool:
+    return show_progress and sys.stderr.isatty()
 
 
 def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -351,7 +360,7 @@ def extract(sources: dict, out_dir, cfg: FeatureConfig = FeatureConfig(), show_p
             continue
         images_done, seconds = 0, 0.0
         bar = tqdm(total=sum(min(sizes[split], (s + 1) * cfg.shard_size) - s * cfg.shard_size for s in todo), desc=f"features {split}", unit="img",
-                   disable=not show_progress, mininterval=5)
+                   disable=not _tty(show_progress), mininterval=5)
         for s in todo:
             lo, hi = s * cfg.shard_size, min(sizes[split], (s + 1) * cfg.shard_size)
             records = [source[i] for i in range(lo, hi)]
