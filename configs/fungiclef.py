@@ -121,6 +121,8 @@ def _full(config, runlocal: bool):
     m.dropout = 0.1
     config.ensemble = True
     config.ensemble_steps = ()  # () = every kept stage-2 checkpoint (the paper: epochs 50/100/150)
+    config.ensemble_weights = ()  # one weight per member; () = equal
+    config.ensemble_kind = "soft"  # soft: weighted mean of probabilities; hard: weighted Top-1 votes
     config.evals.fungiclef = ml_collections.ConfigDict(dict(
         type="fungiclef_observations", split="val", ks=(1, 5, 10), pooling="mean", compare_pooling=True,
         write_submission=True))

@@ -455,12 +455,16 @@ def ensemble(config, workdir, task, scorer, data: FullData, mesh) -> dict:
         for split in member:
             member[split].append(scorer.obs_logits(params, split))
     ckpt.close()
-    out = {"members": steps, "kind": "soft"}
+    out = {"members": steps, "kind": config.get("ensemble_kind", "soft"),
+           "weights": list(config.get("ensemble_weights", ())) or "equal"}
     for split, logits in member.items():
         sp = data.splits[split]
         mask = sp.groups >= 0
         pooled = [obs_lib.pool_observations(lg, mask, config.evals.fungiclef.get("pooling", "mean")) for lg in logits]
-        votes = obs_lib.weighted_vote(pooled, kind="soft")
+        weights = tuple(config.get("ensemble_weights", ())) or None
+        if weights is not None and len(weights) != len(steps):
+            raise ConfigError(f"config.ensemble_weights {weights} must give one weight per member {steps}")
+        votes = obs_lib.weighted_vote(pooled, weights, kind=config.get("ensemble_kind", "soft"))
         labelled = sp.obs_labels >= 0
         if labelled.any():
             out[split] = obs_lib.observation_metrics(votes[labelled], sp.obs_labels[labelled], (1, 5, 10),
