@@ -10,7 +10,10 @@ Representation Learning and Multimodal Fusion", 2nd place). Examples:
 
 Arguments after the colon:
   metadata_only  stage 2 without images, on config.data.train_csv / eval_csv
-  runlocal       the full system, CPU-sized, on the synthetic species set (not wired yet: refused)
+  (none)         the full system at the paper's sizes (width 2048, 16 heads; DINOv2 features from
+                 config.features.tower); point config.data.tfds_dir at a built fungiclef2025 dataset
+                 or config.data.features_dir at a feature cache
+  runlocal       the full system, CPU-sized, on the synthetic species set (./launch/local.sh fungiclef)
 """
 
 import ml_collections
@@ -77,10 +80,62 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.metadata_only:
         _metadata_only(config)
         return config
-    # The full system (features -> DWCL stage 1 -> Q-Former stage 2 on images) has its components
-    # (fungizsl/models/fewshot.py, fungizsl/train/fungiclef_stage1.py, fungizsl/fungiclef/) but no
-    # trainer wired on the core yet: refuse plainly instead of running something else.
-    from fungizsl.errors import ConfigError
+    _full(config, arg.runlocal)
+    return config
 
-    raise ConfigError("configs/fungiclef.py: only the 'metadata_only' system is wired end to end so far; "
-                      "use --config=configs/fungiclef.py:metadata_only")
+
+def _full(config, runlocal: bool):
+    """Features -> stage 1 (DWCL) -> stage 2 (Q-Former with metadata) -> ensemble
+    (fungizsl/train/fungiclef_full.py). Paper: AdamW, lr 2e-4, cosine, batch 1024, 100 epochs,
+    width 2048, 16 heads."""
+    _metadata_only(config)  # the metadata fields, prior and text settings are shared
+    config.system = "full"
+    config.refit_on_all = False
+    d = config.data
+    d.tfds_dir = ""  # a TFDS data dir holding fungiclef2025/<tfds_config> (features are extracted from it)
+    d.tfds_config = "300p"
+    d.features_dir = ""  # an existing feature cache; default <workdir>/features
+    config.features = ml_collections.ConfigDict(dict(
+        tower="", image_size=224, keep="tokens", views=("identity", "hflip"), batch_size=64, shard_size=1024,
+        small_steps=300, seed=0))
+    config.stage1 = ml_collections.ConfigDict(dict(
+        loss="dwcl", width=2048, depth=1, heads=16, dtype="float32", temperature=0.07, aux_weight=1.0,
+        instances_per_class=4, min_instances=2, view_mixing=True, token_drop=0.25, noise_std=0.1,
+        total_steps=3000, batch_size=1024, lr=2e-4, wd=0.05, warmup_steps=100, log_every=50,
+        checkpoint_every=500, keep_checkpoints=3, eval_every=500))
+    config.stage2 = ml_collections.ConfigDict(dict(
+        total_steps=3000, batch_size=256, lr=2e-4, wd=0.05, warmup_steps=100, log_every=50,
+        checkpoint_every=1000, keep_checkpoints=3, eval_every=1000,
+        frozen=("fusion/visual_encoder/.*",)))  # () tunes stage 1 too
+    m = config.model
+    m.use_visual = True
+    m.use_text = True
+    m.use_prior = False  # the paper has no count prior; True adds it to the logits
+    # Ours, not the paper's: add the stage-1 prototype classifier's scores (learned scale) to the
+    # stage-2 logits, so the few-shot classifier starts from what stage 1 already separates.
+    m.use_stage1_prototypes = True
+    m.qformer_width = 256
+    m.qformer_depth = 2
+    m.qformer_heads = 8
+    m.num_queries = 8
+    m.dropout = 0.1
+    config.ensemble = True
+    config.ensemble_steps = ()  # () = every kept stage-2 checkpoint (the paper: epochs 50/100/150)
+    config.ensemble_weights = ()  # one weight per member; () = equal
+    config.ensemble_kind = "soft"  # soft: weighted mean of probabilities; hard: weighted Top-1 votes
+    config.evals.fungiclef = ml_collections.ConfigDict(dict(
+        type="fungiclef_observations", split="val", ks=(1, 5, 10), pooling="mean", compare_pooling=True,
+        write_submission=True))
+    config.best_metric = "fungiclef/top5"
+    if runlocal:  # CPU-sized, on the synthetic species set (64 px images, a self-trained small ViT)
+        d.tfds_config = "300p"
+        config.features.image_size = 64
+        config.features.shard_size = 256
+        s1 = config.stage1
+        s1.update(width=128, heads=16, total_steps=300, batch_size=128, lr=1e-3, warmup_steps=20,
+                  log_every=50, checkpoint_every=100, eval_every=100)
+        s2 = config.stage2
+        s2.update(total_steps=300, batch_size=128, lr=1e-3, warmup_steps=20, log_every=50,
+                  checkpoint_every=100, eval_every=100)
+        m.update(qformer_width=64, qformer_depth=1, qformer_heads=4, num_queries=4, dropout=0.1)
+        config.mesh.data = -1

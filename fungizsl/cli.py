@@ -14,6 +14,7 @@ COMMANDS = {
     "captions": "fungizsl.data.llm_captions",
     "build": "fungizsl.data.builders",
     "crosstable": "fungizsl.evaluate.crosstable",
+    "fungiclef": "fungizsl.fungiclef.cli",
 }
 
 

@@ -5,8 +5,13 @@
 # test split, and writes $WORKDIR/summary.json and confusion_matrix.png.
 #   ./launch/local.sh                         default run (resumes if $WORKDIR holds one)
 #   ./launch/local.sh --config.total_steps=300  extra flags go to fungizsl.main
+#   ./launch/local.sh fungiclef [flags]          the FungiCLEF 2025 few-shot system (launch/local_fungiclef.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "fungiclef" ]]; then
+  shift
+  exec launch/local_fungiclef.sh "$@"
+fi
 FUNGIZSL_SETUP=${FUNGIZSL_SETUP:-main}
 source launch/setup_env.sh  # .venv with the package only: the main job needs no test stack
 

@@ -111,9 +111,13 @@ def test_metadata_only_trainer_writes_summary(tmp_path):
     assert (tmp_path / "run" / "refit_all" / "submission_test.csv").exists()
 
 
-def test_full_system_config_is_refused_plainly():
+def test_full_system_configs_have_the_paper_defaults():
     from configs.fungiclef import get_config
-    from fungizsl.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="metadata_only"):
-        get_config("runlocal")
+    full = get_config(None)
+    assert full.system == "full"
+    s1 = full.stage1
+    assert (s1.loss, s1.width, s1.depth, s1.heads, s1.lr, s1.batch_size) == ("dwcl", 2048, 1, 16, 2e-4, 1024)
+    assert full.evals.fungiclef.split == "val" and full.best_metric == "fungiclef/top5"
+    local = get_config("runlocal")
+    assert local.system == "full" and local.features.tower == "" and local.stage1.width < 2048

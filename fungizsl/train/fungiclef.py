@@ -10,8 +10,8 @@ Contrastive Representation Learning and Multimodal Fusion", 2nd place), on the s
   the logits with a learned scale; the prior of a training observation leaves that observation
   out. Checkpoints are selected on a temporal hold-out of the training observations; the final
   numbers come from `config.data.eval_csv`.
-* `full` (features -> stage 1 -> stage 2 on images): its parts exist (`models/fewshot.py`,
-  `train/fungiclef_stage1.py`) but are not wired into a trainer yet.
+* `full` (features -> DWCL stage 1 -> Q-Former stage 2 on images -> checkpoint ensemble):
+  `train/fungiclef_full.py`.
 """
 
 from __future__ import annotations
@@ -242,4 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         if not config.get("refit_on_all", False):
             return summary
         return refit_on_all(config, workdir, mesh, train_table, eval_table, summary)
-    raise ValueError(f"config.system must be 'metadata_only' (the only system wired so far), got {config.system!r}")
+    if config.system == "full":
+        from fungizsl.train import fungiclef_full
+
+        return fungiclef_full.train_and_evaluate(config, workdir)
+    raise ValueError(f"config.system must be 'metadata_only' or 'full', got {config.system!r}")
