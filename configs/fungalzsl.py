@@ -130,6 +130,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                            sources=(prompts, "templates")))
     config.evals.retrieval = ml_collections.ConfigDict(dict(type="retrieval", split="val", every=every,
                                                             ks=(1, 5, 10)))
+    # Robustness (fungizsl/data/robustness.py): zero-shot on the test scenes re-rendered under a
+    # shift the model never trained on, once after training (every=0 on a `test_<condition>`
+    # split); summary.json "robustness/<condition>". Sizes: 2/3 and 4/3 of the training size.
+    config.data.robustness_per_class = 100
+    size = IMAGE_SIZE[arg.arch]
+    for condition in ("paper", "gray", "zoom_out", "zoom_in", f"size{round(size * 2 / 3)}",
+                      f"size{round(size * 4 / 3)}"):
+        config.evals[f"robust_{condition}"] = ml_collections.ConfigDict(dict(
+            type="zeroshot", split=f"test_{condition}", every=0, sources=(prompts,)))
 
     if arg.runlocal:  # a few minutes on 2 CPU cores: the README's ./launch/local.sh
         config.batch_size = 64
