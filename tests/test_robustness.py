@@ -66,7 +66,7 @@ def test_a_run_reports_every_shifted_test_set(tmp_path):
     for condition, numbers in summary["robustness"].items():
         assert 0.0 <= numbers["zeroshot_accuracy"] <= 1.0, condition
         assert set(numbers["per_class_accuracy"]) == {"spore", "hyphae", "mycelium"}
-        # 3 images per class: accuracy is a multiple of 1/9
-        assert abs(numbers["zeroshot_accuracy"] * 9 - round(numbers["zeroshot_accuracy"] * 9)) < 1e-6
+        # 3 images per class: accuracy is a multiple of 1/9 (summary values are rounded)
+        assert abs(numbers["zeroshot_accuracy"] * 9 - round(numbers["zeroshot_accuracy"] * 9)) < 1e-3
     final = json.loads((tmp_path / "eval_metrics.json").read_text())["final"]
     assert "robust_paper/accuracy" in final and "zeroshot/accuracy" in final
