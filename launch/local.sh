@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, on one machine (2 CPU cores are enough, about 7 minutes once installed):
 # renders the synthetic growth-stage dataset into TFDS array_record shards, trains a small CLIP
-# from scratch (the CPU-sized CLIP ResNet tower at 64 px, class-aware L_image + L_text on
+# from scratch (the CPU-sized CLIP ResNet tower at 96 px, class-aware L_image + L_text on
 # per-image scene captions; configs/fungalzsl.py says why), evaluates zero-shot accuracy and
 # Recall@K on the held-out test split and zero-shot on shifted renders (paper preset, grayscale,
 # other magnifications and sizes), and writes $WORKDIR/summary.json and confusion_matrix.png.
@@ -14,7 +14,7 @@ source launch/setup_env.sh  # .venv with the package only: the main job needs no
 
 WORKDIR=${WORKDIR:-workdir/fungalzsl-local}
 TFDS_DIR=${TFDS_DIR:-workdir/tfds}
-SIZE=${SIZE:-64}  # configs/fungalzsl.py RUNLOCAL_RN_TINY_SIZE
+SIZE=${SIZE:-96}  # configs/fungalzsl.py RUNLOCAL_RN_TINY_SIZE
 DATASET=local_realistic_${SIZE}
 
 echo "== 1/2 rendering the synthetic growth stages (1,600 / 200 / 200 images per class, ${SIZE} px)"
