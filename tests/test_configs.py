@@ -49,6 +49,7 @@ def test_experiment_configs_load_and_check_their_arguments():
     real = defungi.get_config("runlocal")
     assert real.data.tfds_builder == "image_folder" and set(real.data.class_descriptions) == {
         "BASH", "BBH", "GMA", "SHC", "TSH"}
+    assert not [n for n in real.evals if n.startswith("robust_")]  # shifted growth-stage renders: not DeFungi
 
 
 def test_fungalzsl_default_captions_are_per_image_scenes_with_heldout_prompts():
