@@ -38,7 +38,10 @@ def test_experiment_configs_load_and_check_their_arguments():
     # default scene captions describe one image each: see the test below)
     assert (config.loss.combine, config.loss.class_aware) == ("sum", False)
     assert fungalzsl.get_config("arch=b32,captions=templates").loss.class_aware
-    assert {e.split for e in config.evals.values()} == {"val"} and config.final_eval_split == "test"
+    assert {e.split for e in config.evals.values() if e.every} == {"val"} and config.final_eval_split == "test"
+    # shifted test sets run once, after training, on their own test_<condition> splits
+    assert {e.split for e in config.evals.values() if not e.every} == {
+        "test_paper", "test_gray", "test_zoom_out", "test_zoom_in", "test_size224", "test_size448"}
     assert config.final_eval_checkpoint == "best" and config.data_seed == 0
     assert not config.data.captions_dir  # no default path outside the clone
     with pytest.raises(ValueError, match="'arch' must be one of"):
@@ -46,6 +49,7 @@ def test_experiment_configs_load_and_check_their_arguments():
     real = defungi.get_config("runlocal")
     assert real.data.tfds_builder == "image_folder" and set(real.data.class_descriptions) == {
         "BASH", "BBH", "GMA", "SHC", "TSH"}
+    assert not [n for n in real.evals if n.startswith("robust_")]  # shifted growth-stage renders: not DeFungi
 
 
 def test_fungalzsl_default_captions_are_per_image_scenes_with_heldout_prompts():
@@ -56,6 +60,9 @@ def test_fungalzsl_default_captions_are_per_image_scenes_with_heldout_prompts():
         assert config.data.captions == "scene" and config.data.captions_dir == ""
         assert tuple(config.evals.zeroshot.sources) == ("scene_heldout", "templates")
         assert not config.loss.class_aware  # each caption describes one image
+    local = fungalzsl.get_config("arch=rn_tiny,runlocal")  # launch/local.sh: issue 10's measured recipe
+    assert local.loss.class_aware and local.data.image_size == fungalzsl.RUNLOCAL_RN_TINY_SIZE == 96
+    assert local.data.captions == "scene" and "robust_size128" in local.evals
     paper = fungalzsl.get_config("arch=tiny,runlocal,captions=fungalzsl_split,data_dir=/data/fungalzsl")
     assert paper.data.captions_dir == "/data/fungalzsl" and paper.loss.class_aware
     assert tuple(paper.evals.zeroshot.sources) == ("fungalzsl_split", "templates")

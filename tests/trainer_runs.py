@@ -15,7 +15,7 @@ TINY_FLAGS = (
     "--config=configs/fungalzsl.py:arch=tiny,runlocal,captions=templates",
     "--config.data.image_size=32", "--config.data.per_class.train=16", "--config.data.per_class.val=4",
     "--config.data.per_class.test=8", "--config.eval_every=1000", "--config.model.vocab_size=300",
-    "--config.model.text_context=24",
+    "--config.model.text_context=24", "--config.data.robustness_per_class=2",
 )
 
 

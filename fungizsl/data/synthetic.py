@@ -97,6 +97,9 @@ class RenderConfig:
     hyphae_mycelium_overlap: float = 0.3  # realistic preset only; the paper preset has fixed shapes
     stages: tuple[str, ...] = STAGES
     supersample: int = 2  # drawing canvas is this many times larger, then box-filtered down
+    # realistic preset: per-image magnification drawn log-uniformly in this range (robustness
+    # tests shift it outside the training range; the draw consumes the same random numbers)
+    magnification: tuple[float, float] = (0.6, 1.7)
 
     def __post_init__(self):
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -109,6 +112,10 @@ class RenderConfig:
             raise ValueError(f"hyphae_mycelium_overlap must lie in [0, 1], got {self.hyphae_mycelium_overlap}")
         if self.image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {self.image_size}")
+        lo, hi = self.magnification
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"magnification must be a range (low, high) with 0 < low <= high, got {self.magnification}")
+        object.__setattr__(self, "magnification", (float(lo), float(hi)))
         if self.supersample not in (1, 2, 3, 4):
             raise ValueError(f"supersample must be 1, 2, 3 or 4, got {self.supersample}")
 
@@ -144,7 +151,7 @@ def render_scene(stage: str, index: int, seed: int = 0,
                          spore_arrangement=morph.arrangement)
         return compose_paper(mask, PAPER_COLOURS[stage]), scene
     style = sample_style(rng, size)
-    morph = realistic_morphology(rng, stage, size, config.hyphae_mycelium_overlap)
+    morph = realistic_morphology(rng, stage, size, config.hyphae_mycelium_overlap, config.magnification)
     shapes = build_scene(rng, stage, morph)
     mask = rasterise(shapes, size, config.supersample)
     debris = rasterise(debris_scene(rng, size, style.specks, style.fibres, size / REFERENCE_SIZE), size, 1)
@@ -229,10 +236,11 @@ def network_ranges(stage: str, overlap: float) -> dict[str, tuple[float, float]]
     return ranges
 
 
-def realistic_morphology(rng: np.random.Generator, stage: str, size: int, overlap: float) -> Morphology:
+def realistic_morphology(rng: np.random.Generator, stage: str, size: int, overlap: float,
+                         magnification: tuple[float, float] = (0.6, 1.7)) -> Morphology:
     """Per-image magnification and density, shapes drawn from stage ranges (colour is not decided here)."""
     u = size / REFERENCE_SIZE
-    mag = float(np.exp(rng.uniform(np.log(0.6), np.log(1.7))))
+    mag = float(np.exp(rng.uniform(np.log(magnification[0]), np.log(magnification[1]))))
     density = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
     lo_aspect = rng.uniform(0.45, 0.95)
     spores = dict(spore_radius=u * mag * rng.uniform(2.8, 5.5), spore_aspect=(lo_aspect, min(1.0, lo_aspect + 0.2)),

@@ -42,7 +42,9 @@ Evaluation schedule: an entry of ``config.evals`` runs during training on its ``
 ``every`` steps and at the last step (``every=0``: not during training). Every entry runs once more
 at the end on ``final_eval_split`` with the checkpoint ``final_eval_checkpoint`` names: "best" is
 the kept step with the best ``best_metric`` (a validation number; choosing by the final split is
-refused), "last" the final step. ``summary.json`` records the split, step and checkpoint the
+refused), "last" the final step. An entry with ``every=0`` whose ``split`` is a variant of the
+final split (``<final split>_<name>``, e.g. ``test_paper``: a shifted test set) runs in that final
+pass on its own split instead. ``summary.json`` records the split, step and checkpoint the
 numbers come from, and the selection metric with its value.
 
 Safety: the step keeps the previous state when the loss or the gradient norm is not finite and
@@ -232,6 +234,16 @@ def due_evals(entries: dict[str, dict], step: int, total_steps: int) -> dict[str
         if every > 0 and (step % every == 0 or step == total_steps):
             due.setdefault(cfg["split"], {})[name] = cfg
     return due
+
+
+def final_passes(entries: dict[str, dict], final_split: str) -> dict[str, dict[str, dict]]:
+    """split -> {name: config} of the final evaluation: every entry on ``final_split``, except
+    final-only entries (``every=0``) on a variant of it (``<final split>_<name>``), on their own."""
+    passes: dict[str, dict[str, dict]] = {final_split: {}}
+    for name, cfg in entries.items():
+        own = not int(cfg["every"] or 0) and cfg["split"].startswith(f"{final_split}_")
+        passes.setdefault(cfg["split"] if own else final_split, {})[name] = cfg
+    return passes
 
 
 def check_selection(config, entries) -> tuple[str | None, str]:
@@ -467,7 +479,10 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
     elif best_metric and history:
         selection["selection_value"] = history[-1][best_metric] if history[-1]["step"] == last_step else None
     selection["step"] = eval_step
-    final = task.evaluate(variables_of(state), final_split, entries, eval_step, workdir)
+    final = {}
+    for split, group in final_passes(entries, final_split).items():
+        final.update(task.evaluate(variables_of(state), split, group, eval_step,
+                                   workdir if split == final_split else None))
     progress.write(f"final [{final_split}, {which} checkpoint, step {eval_step}] "
                    + (task.describe(final) if task.describe else _describe(final)))
     summary = dict(task.summarise(final) if task.summarise else metrics_io.scalars(final))

@@ -5,7 +5,9 @@ Using a Synthetic Data Approach". This module is the paper's :class:`~fungizsl.t
 the CLIP model with a ViT or modified-ResNet image tower (from scratch with a BPE trained on the
 captions, from a Hugging Face or open_clip folder, or from an earlier run), the loss
 ``L_image + L_text`` (optionally class-aware), the evaluators (zero-shot accuracy, Recall@K) and
-the export (Hugging Face, or open_clip for a ResNet tower). The loop is :mod:`fungizsl.train.core`.
+the export (Hugging Face, or open_clip for a ResNet tower). Entries of ``config.evals`` on a
+robustness split (``test_paper``, ``test_gray``, ...; :mod:`fungizsl.data.robustness`) run once,
+after training, and land under ``robustness/<condition>`` in ``summary.json``. The loop is :mod:`fungizsl.train.core`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from fungizsl import losses, placement, tokenizers, weights
+from fungizsl.data import robustness
 from fungizsl import workdir as workdir_lib
 from fungizsl.evaluate import run_evaluators
 from fungizsl.models import resnet, two_towers
@@ -246,8 +249,15 @@ class Evaluation:
         return results
 
 
-def summarise(results: dict, class_names) -> dict:
-    """The headline numbers, flat, under the names the README and launch/local.sh print."""
+def robustness_entries(config) -> dict[str, str]:
+    """eval name -> condition, for the entries of config.evals on a shifted test set."""
+    return {name: robustness.condition_of(cfg["split"]) for name, cfg in config.get("evals", {}).items()
+            if robustness.is_robustness_split(cfg["split"])}
+
+
+def summarise(results: dict, class_names, robust: dict[str, str] | None = None) -> dict:
+    """The headline numbers, flat, under the names the README and launch/local.sh print;
+    ``robustness/<condition>`` holds each shifted test set's zero-shot numbers."""
     summary = {
         "zeroshot_accuracy": results["zeroshot/accuracy"],
         "zeroshot_mean_per_class_accuracy": results["zeroshot/mean_per_class_accuracy"],
@@ -263,15 +273,24 @@ def summarise(results: dict, class_names) -> dict:
     # Zero-shot accuracy with each evaluation caption source, for the caption-source cross table.
     summary["zeroshot_accuracy_by_caption_source"] = {
         k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("zeroshot_by_source/")}
+    summary["robustness"] = {
+        condition: {"zeroshot_accuracy": results[f"{name}/accuracy"],
+                    "zeroshot_mean_per_class_accuracy": results[f"{name}/mean_per_class_accuracy"],
+                    "per_class_accuracy": {c: results[f"{name}/per_class/{c}"] for c in class_names}}
+        for name, condition in (robust or {}).items() if f"{name}/accuracy" in results}
     return summary
 
 
-def describe(results: dict) -> str:
+def describe(results: dict, robust: dict[str, str] | None = None) -> str:
     parts = []
     if "zeroshot/accuracy" in results:
         parts.append(f"zero-shot accuracy {results['zeroshot/accuracy']:.4f}")
     if "retrieval/class/image_to_text/recall@1" in results:
         parts.append(f"image->text R@1 {results['retrieval/class/image_to_text/recall@1']:.4f}")
+    shifted = [f"{condition} {results[f'{name}/accuracy']:.3f}" for name, condition in (robust or {}).items()
+               if f"{name}/accuracy" in results]
+    if shifted:
+        parts.append("zero-shot on shifted test sets: " + ", ".join(shifted))
     return ", ".join(parts) or "done"
 
 
@@ -281,6 +300,7 @@ def describe(results: dict) -> str:
 
 def make_task(config, workdir: epath.Path, mesh) -> core.Task:
     data = fungalzsl_data.FungalZSLData(config)
+    robust = robustness_entries(config)
     tokenizer, tokenizer_dir = make_tokenizer(config, data.tokenizer_corpus(), workdir)
     model, variables = build_model(config, tokenizer)
 
@@ -301,10 +321,10 @@ def make_task(config, workdir: epath.Path, mesh) -> core.Task:
         train_iterator=data.train_iterator(tokenizer),
         evaluate=Evaluation(config, data, model, tokenizer, mesh),
         export=export if config.get("export_hf", True) else None,
-        summarise=lambda results: summarise(results, data.class_names) | {
+        summarise=lambda results: summarise(results, data.class_names, robust) | {
             "arch": config.model.arch, "init": config.model.init, "captions": config.data.captions,
             "preset": config.data.preset, "seed": config.seed, "data_seed": config.get("data_seed", 0)},
-        describe=describe)
+        describe=lambda results: describe(results, robust))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:

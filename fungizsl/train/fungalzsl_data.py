@@ -13,6 +13,10 @@ record carries its scene, and every image gets a caption of itself
 (`fungizsl.data.scene_pipeline`); its zero-shot prompts are `scene_heldout`, written with phrasings
 kept out of training.
 
+Robustness splits (`test_paper`, `test_gray`, `test_zoom_out`, `test_zoom_in`, `test_size64`, ...;
+`fungizsl.data.robustness`) are the test scenes rendered again under a shifted condition, for
+evaluation only, whatever `data.kind` is; `data.robustness_per_class` images per class.
+
 Seeds: `config.data_seed` fixes the data set itself (the rendered images of every split, and the
 caption drawn for each training position and each val/test image), so the test set never moves
 when the training seed does. `config.seed` drives training: initialisation, dropout, and the
@@ -27,7 +31,7 @@ from tqdm import tqdm
 from fungizsl.errors import ConfigError
 
 from fungizsl.data import captions as caption_lib
-from fungizsl.data import pipeline, scene_pipeline, synthetic
+from fungizsl.data import pipeline, robustness, scene_pipeline, synthetic
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
@@ -71,6 +75,12 @@ class FungalZSLData:
 
     def _open_source(self, split: str):
         d = self.data
+        if robustness.is_robustness_split(split):  # rendered for evaluation, whatever data.kind is
+            base = synthetic.RenderConfig(image_size=d.image_size, preset="realistic",
+                                          hyphae_mycelium_overlap=d.overlap, stages=tuple(self.class_names))
+            return robustness.ShiftedSource(robustness.condition_of(split), self.class_names,
+                                            d.get("robustness_per_class", 100),
+                                            seed=self.data_seed + SPLIT_SEED_OFFSET["test"], base=base)
         if d.kind == "tfds":
             from fungizsl.data import builders
 
@@ -93,7 +103,9 @@ class FungalZSLData:
     # -- captions -------------------------------------------------------------------------------
 
     def captions(self, name: str, split: str) -> dict:
-        """class name -> texts of caption source `name` (for `fungalzsl_split`: of `split`)."""
+        """class name -> texts of caption source `name` (for `fungalzsl_split`: of `split`; a
+        robustness split `test_<condition>` uses the test split's)."""
+        split = "test" if robustness.is_robustness_split(split) else split
         if (name, split) not in self._captions:
             self._captions[name, split] = self._read_captions(name, split)
         return self._captions[name, split]

@@ -1,0 +1,70 @@
+"""Shifted test sets (fungizsl.data.robustness) and their evaluation after training."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fungizsl.data import robustness, synthetic
+from fungizsl.train import core
+from trainer_runs import finish, start_training
+
+BASE = synthetic.RenderConfig(image_size=48)
+
+
+def _source(condition, n=3):
+    return robustness.ShiftedSource(condition, synthetic.STAGES, n, seed=7, base=BASE)
+
+
+def test_each_condition_changes_what_it_says_and_keeps_the_scene():
+    plain = _source("size48")
+    gray, paper = _source("gray"), _source("paper")
+    for i in range(len(plain)):
+        image = gray[i]["image"]
+        assert image.shape == (48, 48, 3) and np.array_equal(image[..., 0], image[..., 1])
+        # the same scene, colour removed: luma of the plain render
+        assert np.abs(image[..., 0].astype(int) - robustness.to_gray(plain[i]["image"])[..., 0]).max() == 0
+        assert gray[i]["label"] == plain[i]["label"] == paper[i]["label"]
+        assert json.loads(paper[i]["scene"])["preset"] == "paper"
+    assert not np.array_equal(plain[0]["image"][..., 0], plain[0]["image"][..., 2])  # plain has colour
+    assert _source("size64")[0]["image"].shape == (64, 64, 3)
+
+
+def test_zoom_conditions_draw_magnification_outside_the_training_range():
+    train_lo, train_hi = synthetic.RenderConfig().magnification
+    out = [json.loads(r["scene"])["magnification"] for r in (_source("zoom_out")[i] for i in range(9))]
+    into = [json.loads(r["scene"])["magnification"] for r in (_source("zoom_in")[i] for i in range(9))]
+    assert max(out) < train_lo and min(into) > train_hi
+
+
+def test_bad_conditions_and_splits_are_named():
+    with pytest.raises(ValueError, match="blurry"):
+        robustness.check_condition("blurry")
+    with pytest.raises(ValueError, match="'val'"):
+        robustness.condition_of("val")
+    with pytest.raises(ValueError, match="magnification"):
+        synthetic.RenderConfig(magnification=(2.0, 1.0))
+
+
+def test_final_pass_runs_final_only_variants_on_their_own_split():
+    entries = {"zeroshot": {"split": "val", "every": 10}, "robust_gray": {"split": "test_gray", "every": 0},
+               "later": {"split": "val", "every": 0}, "trained_on": {"split": "test_x", "every": 5}}
+    passes = core.final_passes(entries, "test")
+    assert set(passes["test"]) == {"zeroshot", "later", "trained_on"}
+    assert set(passes["test_gray"]) == {"robust_gray"}
+
+
+def test_a_run_reports_every_shifted_test_set(tmp_path):
+    out = finish(start_training(tmp_path, "--config.batch_size=16", "--config.total_steps=4",
+                                "--config.warmup_steps=1", "--config.checkpoint_every=4",
+                                "--config.data.robustness_per_class=3"))
+    assert "zero-shot on shifted test sets: " in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["robustness"]) == {"paper", "gray", "zoom_out", "zoom_in", "size64", "size128"}
+    for condition, numbers in summary["robustness"].items():
+        assert 0.0 <= numbers["zeroshot_accuracy"] <= 1.0, condition
+        assert set(numbers["per_class_accuracy"]) == {"spore", "hyphae", "mycelium"}
+        # 3 images per class: accuracy is a multiple of 1/9 (summary values are rounded)
+        assert abs(numbers["zeroshot_accuracy"] * 9 - round(numbers["zeroshot_accuracy"] * 9)) < 1e-3
+    final = json.loads((tmp_path / "eval_metrics.json").read_text())["final"]
+    assert "robust_paper/accuracy" in final and "zeroshot/accuracy" in final
