@@ -124,3 +124,25 @@ def test_bad_model_and_folder_errors(tmp_path, class_folder):
 def test_trainer_flag_still_wins_over_config_field(tmp_path, class_folder):
     out = run_main(f"images={class_folder}", tmp_path / "x", "--trainer=nope")
     assert out.returncode != 0 and "trainer 'nope'" in out.stderr
+
+
+def test_resnet_run_its_open_clip_export_and_checkpoint_agree(class_folder, tmp_path):
+    """The main job trains rn_tiny and exports open_clip format: both the export and the run
+    (its checkpoint, with BatchNorm statistics) evaluate, to the same confusion matrix."""
+    run = tmp_path / "rn"
+    trainer_runs.finish(trainer_runs.start_training(
+        run, "--config.model.arch=rn_tiny", "--config.total_steps=3", "--config.warmup_steps=1",
+        "--config.checkpoint_every=3", devices=1))
+    assert (run / "open_clip_export" / "open_clip_config.json").is_file()
+    out = run_main(f"model={run}/open_clip_export;{run},images={class_folder}", tmp_path / "eval")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "eval" / "comparison.json").read_text())
+    assert sorted(r["model"] for r in rows) == ["rn", "rn-open_clip"]
+    assert rows[0]["zeroshot_accuracy"] == pytest.approx(rows[1]["zeroshot_accuracy"], abs=1e-6)
+    export, checkpoint = (evaluate_only.load_model(p) for p in (f"{run}/open_clip_export", str(run)))
+    images = evaluate_only.folder_images(str(class_folder))
+    norm = augment.get_normalization("clip")
+    pixels = np.stack([augment.eval_image(images.load(i), export.image_size, norm) for i in range(len(images))])
+    np.testing.assert_allclose(export.encode_images(pixels), checkpoint.encode_images(pixels), atol=1e-5)
+    texts = ["round spores", "branching hyphae"]
+    np.testing.assert_allclose(export.encode_texts(texts), checkpoint.encode_texts(texts), atol=1e-5)

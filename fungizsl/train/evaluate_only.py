@@ -4,7 +4,10 @@
 
 Models (`config.models`, or `model=A;B` in the config argument):
   * a Hugging Face CLIP folder (`config.json` + `model.safetensors` + tokenizer files), e.g. the
-    `hf_export/` folder every fungizsl training run writes;
+    `hf_export/` folder a fungizsl ViT run writes;
+  * an open_clip folder (`open_clip_config.json` + weights: BioCLIP, OpenAI's RN50, or the
+    `open_clip_export/` folder a fungizsl ResNet run such as `./launch/local.sh` writes); its
+    tokenizer files, else CLIP's BPE vocabulary from the open_clip package;
   * a fungizsl training workdir (its newest checkpoint) or one step folder
     `<workdir>/checkpoints/<step>`: the model is rebuilt from the run's `fungizsl_config.json`
     and tokenizer, as `config.model.init=<run>` does for training.
@@ -69,7 +72,7 @@ class LoadedModel:
 
     name: str
     source: str
-    kind: str  # "hf_clip" | "fungizsl_run"
+    kind: str  # "hf_clip" | "open_clip" | "fungizsl_run"
     image_size: int
     logit_scale: float
     encode_images: Callable[[np.ndarray], np.ndarray]
@@ -92,12 +95,13 @@ def _run_root(path: epath.Path) -> epath.Path:
     return path
 
 
-def _wrap(module, params, tokenizer, name, source, kind, batch_size) -> LoadedModel:
+def _wrap(module, variables, tokenizer, name, source, kind, batch_size) -> LoadedModel:
+    """`variables`: {"params": ...} plus, for a ResNet tower, its BatchNorm "batch_stats"."""
     from fungizsl.models import two_towers
 
-    encode_image = jax.jit(lambda p, x: two_towers.l2_normalize(module.apply({"params": p}, x, method="encode_image")))
-    encode_text = jax.jit(lambda p, ids: two_towers.l2_normalize(module.apply({"params": p}, ids, method="encode_text")))
-    params = jax.device_put(params)
+    encode_image = jax.jit(lambda v, x: two_towers.l2_normalize(module.apply(v, x, method="encode_image")))
+    encode_text = jax.jit(lambda v, ids: two_towers.l2_normalize(module.apply(v, ids, method="encode_text")))
+    params = jax.device_put(variables)
 
     def padded(fn, batch):  # one compiled shape: pad every batch to batch_size
         n = len(batch)
@@ -112,7 +116,7 @@ def _wrap(module, params, tokenizer, name, source, kind, batch_size) -> LoadedMo
             out.append(padded(encode_text, ids))
         return np.concatenate(out)
 
-    scale = float(np.exp(min(float(np.asarray(params["logit_scale"])), float(two_towers.MAX_LOGIT_SCALE))))
+    scale = float(np.exp(min(float(np.asarray(params["params"]["logit_scale"])), float(two_towers.MAX_LOGIT_SCALE))))
     return LoadedModel(name=name, source=source, kind=kind, image_size=module.config.vision.image_size,
                        logit_scale=scale, encode_images=lambda x: padded(encode_image, x),
                        encode_texts=encode_texts)
@@ -134,21 +138,29 @@ def load_model(spec: str, batch_size: int = 32) -> LoadedModel:
         module, params = weights.load_pretrained(os.fspath(path))
         tokenizer = tokenizers.load_tokenizer(os.fspath(path), length=module.config.text.context_length)
         module = pool_at_tokenizer_eot(module, tokenizer)
-        return _wrap(module, params, tokenizer, name, spec, "hf_clip", batch_size)
+        return _wrap(module, {"params": params}, tokenizer, name, spec, "hf_clip", batch_size)
+    if weights.open_clip.is_open_clip_checkpoint(os.fspath(path)):  # BioCLIP, OpenAI RN50, a ResNet run's export
+        module, variables = weights.open_clip.load_open_clip(os.fspath(path))
+        tokenizer, _ = weights.open_clip.load_open_clip_tokenizer(os.fspath(path), tempfile.mkdtemp(prefix="bpe_"))
+        if path.name == "open_clip_export":
+            name = f"{path.parent.name}-open_clip"
+        return _wrap(module, variables, tokenizer, name, spec, "open_clip", batch_size)
     if _is_fungizsl_run(path):
-        module, params, tokenizer = load_run(path)
+        module, variables, tokenizer = load_run(path)
         root = _run_root(path)
         name = root.name if path == root else f"{root.name}@{path.name}"
-        return _wrap(module, params, tokenizer, name, spec, "fungizsl_run", batch_size)
-    if (path / "hf_export" / "config.json").is_file():
-        return load_model(os.fspath(path / "hf_export"), batch_size)
+        return _wrap(module, variables, tokenizer, name, spec, "fungizsl_run", batch_size)
+    for export in ("hf_export", "open_clip_export"):
+        if (path / export).is_dir():
+            return load_model(os.fspath(path / export), batch_size)
     raise FileNotFoundError(
-        f"model {spec!r} is neither a Hugging Face CLIP folder (config.json), a fungizsl workdir "
-        f"(checkpoints/), a checkpoint step folder (state/) nor a run with hf_export/")
+        f"model {spec!r} is neither a Hugging Face CLIP folder (config.json), an open_clip folder "
+        f"(open_clip_config.json), a fungizsl workdir (checkpoints/), a checkpoint step folder (state/) "
+        f"nor a run with hf_export/ or open_clip_export/")
 
 
 def load_run(path: epath.Path):
-    """(module, params, tokenizer) of a fungizsl FungalZSL run or step folder, rebuilt from the
+    """(module, variables, tokenizer) of a fungizsl FungalZSL run or step folder, rebuilt from the
     run's fungizsl_config.json and tokenizer/ as `config.model.init=<run>` does for training
     (float32, layers unrolled)."""
     import dataclasses as dc
@@ -177,15 +189,17 @@ def load_run(path: epath.Path):
         tokenizer = tokenizers.load_tokenizer(m.init, length=module.config.text.context_length)
     else:
         tokenizer = tokenizers.load_tokenizer(os.fspath(tokenizer_dir), length=m.text_context)
+        from fungizsl.train.fungalzsl import tower_config
+
         clip = two_towers.clip_config(m.arch)
         clip = dc.replace(
-            clip, vision=dc.replace(clip.vision, image_size=run.data.image_size,
-                                    patch_size=m.get("patch_size") or clip.vision.patch_size),
+            clip, vision=tower_config(run, clip.vision),
             text=dc.replace(clip.text, vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
                             context_length=tokenizer.context_length))
         module = two_towers.ClipModel(clip)
-    params = two_towers_params(checkpoint.load_params(os.fspath(path)))
-    return module, params, tokenizer
+    variables = checkpoint.load_variables(os.fspath(path))
+    variables["params"] = two_towers_params(variables["params"])
+    return module, variables, tokenizer
 
 
 def pool_at_tokenizer_eot(module, tokenizer):

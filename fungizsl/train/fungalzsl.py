@@ -85,7 +85,7 @@ def make_tokenizer(config, corpus, workdir: epath.Path):
     return tokenizer, folder
 
 
-def _vision_config(config, vision):
+def tower_config(config, vision):
     """The architecture's image tower at the data's resolution, with the from-scratch overrides."""
     m = config.model
     if isinstance(vision, resnet.ResNetConfig):
@@ -110,7 +110,7 @@ def build_model(config, tokenizer):
                                                 frozen_batch_norm=m.get("freeze_bn_stats", False))
     clip = two_towers.clip_config(m.arch, dtype=m.dtype, scan=m.scan, remat=m.remat)
     clip = dataclasses.replace(
-        clip, vision=_vision_config(config, clip.vision),
+        clip, vision=tower_config(config, clip.vision),
         text=dataclasses.replace(clip.text, vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
                                  context_length=tokenizer.context_length))
     model = two_towers.ClipModel(clip)
