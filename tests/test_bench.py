@@ -51,3 +51,12 @@ def test_loss_communication_grows_with_batch():
     gathered = {(r["batch"], r["version"]): r["collectives_bytes"].get("all-gather", 0) for r in rows}
     assert gathered[256, "jit"] == 4 * gathered[64, "jit"] > 0
     assert gathered[256, "shard_map"] == 4 * gathered[64, "shard_map"] > 0
+
+
+def test_sweep_times_each_size_and_skips_sizes_the_patch_does_not_divide():
+    from configs import fungalzsl as fungalzsl_config
+
+    config = fungalzsl_config.get_config("arch=tiny,runlocal")
+    rows = scaling.sweep(config, [8], [32, 36], "float32", rounds=1)
+    assert rows[0]["resolution"] == 32 and rows[0]["step_ms"] > 0 and rows[0]["images_per_sec"] > 0
+    assert rows[1]["resolution"] == 36 and "not a multiple of patch_size" in rows[1]["skipped"]

@@ -7,11 +7,13 @@ row, three classes), so the benchmark needs no data on disk and no tokenizer tra
 """
 
 import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fungizsl.bench import measure
 from fungizsl.models import two_towers
 from fungizsl.train import core, sharding
 from fungizsl.train import fungalzsl as trainer
@@ -104,3 +106,21 @@ def embed_images_fn(bench: ClipBench):
 
 def param_count(params) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def compiled_step(bench, batch_np):
+    """(step(): one blocking train step on a fixed placed batch, the compiled step, compile
+    seconds, the placed batch), starting from a fresh state."""
+    state = new_state(bench)
+    placed = place_batch(bench, batch_np)
+    start = time.perf_counter()
+    compiled = train_step_fn(bench).lower(state, placed).compile()
+    compile_s = time.perf_counter() - start
+    box = [state]
+
+    def step():
+        box[0], metrics = compiled(box[0], placed)
+        measure.block(metrics)
+        return box[0]
+
+    return step, compiled, compile_s, placed

@@ -23,23 +23,6 @@ def device_info() -> dict:
     return info
 
 
-def _jax_contenders(bench, batch_np):
-    """(train-step callable, compiled step, compile seconds, initial loss)."""
-    state = clip_step.new_state(bench)
-    placed = clip_step.place_batch(bench, batch_np)
-    start = time.perf_counter()
-    compiled = clip_step.train_step_fn(bench).lower(state, placed).compile()
-    compile_s = time.perf_counter() - start
-    box = [state]
-
-    def step():
-        box[0], metrics = compiled(box[0], placed)
-        measure.block(metrics)
-        return box[0]
-
-    return step, compiled, compile_s, placed
-
-
 def _torch_contenders(bench, batch_np, modes, dtype, threads):
     from fungizsl.bench import torch_clip
 
@@ -67,7 +50,7 @@ def run_dtype(config, batch: int, dtype: str, rounds: int, reference: str, torch
               threads: int, want_profile: bool, embed: bool) -> dict:
     bench = clip_step.build(config, batch, dtype)
     batch_np = clip_step.synthetic_batch(bench)
-    step, compiled, compile_s, placed = _jax_contenders(bench, batch_np)
+    step, compiled, compile_s, placed = clip_step.compiled_step(bench, batch_np)
     loss_grad = clip_step.loss_and_grad_fn(bench)
     params = jax.device_put(bench.params)
     initial_loss = float(loss_grad(params, placed)[0])

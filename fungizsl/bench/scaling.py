@@ -28,32 +28,23 @@ _BYTES = {"f32": 4, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "s8": 1, "u8": 1, "
 
 
 def sweep(config, batches, resolutions, dtype: str, rounds: int = 3) -> list[dict]:
-    """Train-step time and compiled memory per (batch, resolution); resolutions the patch size
-    does not divide are skipped."""
+    """Train-step time and compiled memory per (batch, resolution); resolutions the tower cannot
+    take (the patch size does not divide them) are skipped with the reason."""
     rows = []
     for size in resolutions:
         for batch in batches:
-            bench = clip_step.build(config, batch, dtype, image_size=size)
-            if size % bench.model.config.vision.patch_size:
-                rows.append({"batch": batch, "resolution": size, "skipped": "patch size does not divide it"})
+            try:
+                bench = clip_step.build(config, batch, dtype, image_size=size)
+            except ValueError as error:  # e.g. a resolution the patch size (or a ResNet's 32) does not divide
+                rows.append({"batch": batch, "resolution": size, "skipped": str(error)})
                 break
-            state = clip_step.new_state(bench)
-            placed = clip_step.place_batch(bench, clip_step.synthetic_batch(bench))
-            start = time.perf_counter()
-            compiled = clip_step.train_step_fn(bench).lower(state, placed).compile()
-            compile_s = time.perf_counter() - start
-            box = [state]
-
-            def step():
-                box[0], metrics = compiled(box[0], placed)
-                measure.block(metrics)
-
+            step, compiled, compile_s, _ = clip_step.compiled_step(bench, clip_step.synthetic_batch(bench))
             timing = measure.interleaved({"step": step}, rounds)["step"]
             rows.append({"batch": batch, "resolution": size, "step_ms": 1e3 * timing["median_s"],
                          "step_ms_min": 1e3 * timing["min_s"],
                          "images_per_sec": batch / timing["median_s"], "compile_s": compile_s,
                          "memory": measure.memory(compiled)})
-            del box, state
+            del step, compiled  # free the state before the next size
     return rows
 
 
