@@ -35,6 +35,16 @@ class CheckpointMismatchError(ValueError):
     misshaped key."""
 
 
+def raise_if_mismatched(title: str, missing, unexpected, misshaped) -> None:
+    """One CheckpointMismatchError listing every offending tensor, or nothing when all match."""
+    if missing or unexpected or misshaped:
+        lines = [title]
+        lines += [f"  missing tensor: {k}" for k in missing]
+        lines += [f"  unexpected tensor: {k}" for k in unexpected]
+        lines += [f"  misshaped tensor: {m}" for m in misshaped]
+        raise CheckpointMismatchError("\n".join(lines))
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -161,12 +171,8 @@ def hf_to_flax(tensors: dict[str, np.ndarray], expected: dict, spec: ModelSpec, 
                              f"{want if value.ndim < 2 or path[-1] != 'kernel' else 'the transpose of ' + str(want)}")
             continue
         flat[path] = np.asarray(value, np.float32)
-    if missing or unexpected or misshaped:
-        lines = [f"checkpoint {source} does not match the {spec.name} model:"]
-        lines += [f"  missing tensor: {k}" for k in missing]
-        lines += [f"  unexpected tensor: {k}" for k in unexpected]
-        lines += [f"  misshaped tensor: {m}" for m in misshaped]
-        raise CheckpointMismatchError("\n".join(lines))
+    raise_if_mismatched(f"checkpoint {source} does not match the {spec.name} model:",
+                        missing, unexpected, misshaped)
     return traverse_util.unflatten_dict(flat)
 
 

@@ -49,7 +49,8 @@ from safetensors.numpy import save as save_safetensors
 
 from fungizsl import tokenizers
 from fungizsl.models import clip_text, resnet, two_towers, vit
-from fungizsl.weights.convert import CheckpointMismatchError, read_safetensors, stack_layers, unstack_layers
+from fungizsl.weights.convert import (raise_if_mismatched, read_safetensors,
+                                      stack_layers, unstack_layers)
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
@@ -421,12 +422,8 @@ def variables_from_state_dict(model, tensors: dict[str, np.ndarray], source: str
         for flat_path, transform, qkv, _ in entries:
             part = np.split(value, 3, axis=0)[qkv] if qkv is not None else value
             flat[flat_path] = np.asarray(_from_torch(transform, part), np.float32)
-    if missing or unexpected or misshaped:
-        lines = [f"open_clip checkpoint {source} does not match the model:"]
-        lines += [f"  missing tensor: {k}" for k in missing]
-        lines += [f"  unexpected tensor: {k}" for k in unexpected]
-        lines += [f"  misshaped tensor: {m}" for m in misshaped]
-        raise CheckpointMismatchError("\n".join(lines))
+    raise_if_mismatched(f"open_clip checkpoint {source} does not match the model:",
+                        missing, unexpected, misshaped)
     return traverse_util.unflatten_dict(flat)
 
 
