@@ -470,3 +470,15 @@ def test_to_global_batch_on_an_eight_device_mesh(encoded, captions, tokenizer_di
     np.testing.assert_array_equal(np.asarray(placed["label"]), batch["label"])
     with pytest.raises(ValueError, match="same leading"):
         pl.to_global_batch({"image": batch["image"], "label": batch["label"][:3]}, mesh)
+
+
+def test_augment_overrides_come_through_a_config_dict():
+    """`config.data.augment = dict(preset=..., crop_scale=...)` becomes a ConfigDict, which is not
+    a Mapping: get_augment must still read it as overrides of the preset."""
+    import ml_collections
+
+    from fungizsl.data import augment
+
+    spec = ml_collections.ConfigDict(dict(preset="microscopy", crop_scale=(0.8, 1.0)))
+    got = augment.get_augment(spec)
+    assert got.crop_scale == (0.8, 1.0) and got.rot90 and got.vflip == 0.5

@@ -208,6 +208,8 @@ def get_augment(spec) -> AugmentConfig | None:
         if spec not in AUGMENT_PRESETS:
             raise ValueError(f"unknown augment preset {spec!r}; expected one of {', '.join(AUGMENT_PRESETS)}")
         return AUGMENT_PRESETS[spec]
+    if hasattr(spec, "to_dict"):  # an ml_collections.ConfigDict is not a Mapping
+        spec = spec.to_dict()
     if isinstance(spec, Mapping):
         fields = dict(spec)
         preset = get_augment(fields.pop("preset", "natural"))
