@@ -109,6 +109,10 @@ def test_metadata_run_through_the_command_reproduces_its_summary(metadata_run, t
     assert d["argmax"]["poison_cost"] == pytest.approx(got["poison_cost"], abs=1e-6)
     assert d["expected_cost"]["total_cost"] <= d["argmax"]["total_cost"] + 1e-9  # the rule's own objective
     assert got["poisonous_flags"]["classes_flagged_by_evaluated_csv_only"] == 0
+    prior = got["baselines"]["metadata_prior"]  # the count prior alone: the trainer's metadata baseline
+    for key in ("top1", "top5", "macro_f1", "poison_cost"):
+        assert prior[key] == pytest.approx(want["baselines"][f"metadata/{key}"], abs=1e-6), key
+    assert set(prior["ranks"]) == set(ranks) and prior["decisions"]["argmax"]["accuracy"] == pytest.approx(prior["top1"])
     assert "expected_cost" in out.stdout and "genus" in out.stdout
 
 
@@ -247,6 +251,7 @@ def test_full_run_from_its_cache_and_from_images_reproduces_its_test_numbers(ful
     assert cached["ranks"]["species"]["top1"] == pytest.approx(cached["top1"], abs=1e-6)
     assert cached["decisions"]["argmax"]["poison_cost"] == pytest.approx(cached["poison_cost"], abs=1e-6)
     assert cached["ranks"] == from_images["ranks"] and cached["decisions"] == from_images["decisions"]
+    assert cached["baselines"]["metadata_prior"]["top5"] == pytest.approx(want["baselines"]["metadata/top5"], abs=1e-6)
 
 
 def test_full_run_errors(full_run, tmp_path):

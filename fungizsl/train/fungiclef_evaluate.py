@@ -61,6 +61,9 @@ CONFIG_FILE, SUMMARY_FILE = "fungizsl_config.json", "summary.json"
 LABEL_COLUMNS = ("category_id",)
 NUMERIC_COLUMNS = ("month", "day", "latitude", "longitude", "elevation")
 TEXT_COLUMNS = ("year", "month", "day", "habitat", "substrate")
+# The run's count-based metadata prior alone (`fungiclef/metadata_prior.py`), the trainer's
+# "baselines/metadata": a naive Bayes over the metadata with genus back-off and a geographic kernel.
+METADATA_PRIOR = "metadata_prior"
 
 
 # -------------------------------------------------------------------------------------------------
@@ -266,6 +269,8 @@ class Scored:
     poisonous_by_class: np.ndarray  # [C] from training: 1, 0, -1 unknown
     num_images: int
     data: dict[str, Any]  # what was read
+    # per-observation scores [N_obs, C] of baselines, e.g. the run's count prior alone
+    baselines: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def score_metadata_run(run: FungiClefRun, csv_path: str, train_csv: str = "", show_progress: bool = True) -> Scored:
@@ -285,9 +290,10 @@ def score_metadata_run(run: FungiClefRun, csv_path: str, train_csv: str = "", sh
                                            train_on_all=run.trained_on_all, num_classes=_num_classes(params))
     model = trainer.make_metadata_model(run.config, splits)
     logits = trainer.MetadataEvaluation(run.config, model, splits, None).logits(params, "test")
+    prior = splits.arrays["test"].get("prior")
     return Scored(logits[:, None], np.ones((len(logits), 1), bool), eval_table.labels, eval_table.observation_ids,
                   eval_table.records, train_table.records, train_table.labels, splits.poisonous, len(rows),
-                  {"csv": csv_path, "train_csv": train_csv})
+                  {"csv": csv_path, "train_csv": train_csv}, {} if prior is None else {METADATA_PRIOR: prior})
 
 
 def _run_features(run: FungiClefRun, override: str = "") -> epath.Path:
@@ -373,7 +379,8 @@ def score_full_run(run: FungiClefRun, csv_path: str, features: str = "", feature
     ev, train = data.splits["eval"], data.splits["train"]
     return Scored(scorer.obs_logits(params, "eval"), ev.groups >= 0, ev.obs_labels, ev.obs_ids, ev.records,
                   train.records, train.obs_labels, data.poisonous, len(rows),
-                  dict(described, csv=csv_path, run_features=str(run_cache), tower=data.tower))
+                  dict(described, csv=csv_path, run_features=str(run_cache), tower=data.tower),
+                  {METADATA_PRIOR: ev.inputs["prior"]})
 
 
 # -------------------------------------------------------------------------------------------------
@@ -408,43 +415,62 @@ def poisonous_flags(scored: Scored, num_classes: int) -> tuple[np.ndarray, dict[
     return flags == 1, counts
 
 
-def observation_summary(scored: Scored, config, pooling: str = "mean") -> dict[str, Any]:
-    """Top-K, macro-F1, poison cost, rank-level Top-K and decisions of the labelled observations
-    (images pooled per observation by `pooling`, as the run's evaluator did)."""
-    labelled = scored.labels >= 0
-    if not labelled.any():
-        raise ConfigError(f"{scored.data['csv']}: no observation has a label (category_id); nothing to evaluate")
-    logits, mask, labels = scored.logits[labelled], scored.image_mask[labelled], scored.labels[labelled]
-    model_classes = logits.shape[-1]
-    num_classes = max(model_classes, int(labels.max()) + 1)
-    if num_classes > model_classes:  # labels the model has no output for: it can never name them
-        pad = np.full(logits.shape[:-1] + (num_classes - model_classes,), -1e9, logits.dtype)
-        logits = np.concatenate([logits, pad], -1)
-    poisonous, flag_counts = poisonous_flags(scored, num_classes)
+def _pad_classes(logits: np.ndarray, num_classes: int) -> np.ndarray:
+    """Logits over `num_classes`: classes the model has no output for get -1e9 (never named)."""
+    missing = num_classes - logits.shape[-1]
+    if missing <= 0:
+        return logits
+    return np.concatenate([logits, np.full(logits.shape[:-1] + (missing,), -1e9, logits.dtype)], -1)
+
+
+def scores_summary(logits, image_mask, labels, poisonous, taxonomy, config, pooling: str = "mean") -> dict:
+    """Top-K, macro-F1, poison cost (`fungiclef_observations`), Top-K at every rank (`taxonomy`) and
+    argmax vs expected-cost decisions (`decisions`) of image logits [N_obs, G, C] of labelled
+    observations; `poisonous` bool [C]."""
     ev = config.get("evals", {}) or {}
     ks = tuple(config.get("ks", (1, 5, 10)))
     headline = dict(make_evaluator("fungiclef_observations", dict(ks=ks, pooling=pooling, compare_pooling=False)).run(
-        logits=logits, image_mask=mask, labels=labels, poisonous_by_class=poisonous.astype(np.int64)))
-    log_probs = observations.pool_observations(logits, mask, pooling)
-    taxonomy = class_taxonomy(list(zip(scored.train_records, scored.train_labels)) +
-                              list(zip(scored.records, scored.labels)), num_classes)
+        logits=logits, image_mask=image_mask, labels=labels, poisonous_by_class=poisonous.astype(np.int64)))
+    log_probs = observations.pool_observations(logits, image_mask, pooling)
     ranks: dict[str, dict] = {}
-    for name, value in make_evaluator("taxonomy", dict(ks=ks)).run(
-            logits=log_probs, image_labels=labels, taxonomy=taxonomy):
+    for name, value in make_evaluator("taxonomy", dict(ks=ks)).run(logits=log_probs, image_labels=labels,
+                                                                    taxonomy=taxonomy):
         rank, metric = name.split("/", 1)
         ranks.setdefault(rank, {})["num_observations" if metric == "num_images" else metric] = value
     decide = make_evaluator("decisions", dict(costs=dict(ev.get("decisions", {}).get("costs", {}) or {})))
     decisions: dict[str, Any] = {"costs": dict(decide.costs)}
-    for name, value in decide.run(
-            logits=log_probs, image_labels=labels, poisonous=poisonous):
+    for name, value in decide.run(logits=log_probs, image_labels=labels, poisonous=poisonous):
         rule, _, metric = name.partition("/")
         if metric:
             decisions.setdefault(rule, {})[metric] = value
         else:
             decisions["num_observations"] = value
     summary = {k: headline[k] for k in [f"top{k}" for k in ks] + ["macro_f1", "poison_cost", "num_observations"]}
-    summary.update(pooling=pooling, ranks=ranks, decisions=decisions, poisonous_flags=flag_counts,
+    summary.update(ranks=ranks, decisions=decisions)
+    return summary
+
+
+def observation_summary(scored: Scored, config, pooling: str = "mean") -> dict[str, Any]:
+    """`scores_summary` of the model and of each baseline, over the labelled observations (images
+    pooled per observation by `pooling`, as the run's evaluator did)."""
+    labelled = scored.labels >= 0
+    if not labelled.any():
+        raise ConfigError(f"{scored.data['csv']}: no observation has a label (category_id); nothing to evaluate")
+    labels = scored.labels[labelled]
+    model_classes = scored.logits.shape[-1]
+    num_classes = max(model_classes, int(labels.max()) + 1)
+    poisonous, flag_counts = poisonous_flags(scored, num_classes)
+    taxonomy = class_taxonomy(list(zip(scored.train_records, scored.train_labels)) +
+                              list(zip(scored.records, scored.labels)), num_classes)
+    summary = scores_summary(_pad_classes(scored.logits[labelled], num_classes), scored.image_mask[labelled],
+                             labels, poisonous, taxonomy, config, pooling)
+    summary.update(pooling=pooling, poisonous_flags=flag_counts,
                    observations_of_classes_the_model_lacks=int((labels >= model_classes).sum()))
+    if scored.baselines:
+        summary["baselines"] = {
+            name: scores_summary(_pad_classes(np.asarray(x)[labelled][:, None], num_classes),
+                                 np.ones((len(labels), 1), bool), labels, poisonous, taxonomy, config)
+            for name, x in scored.baselines.items()}
     return summary
 
 
@@ -480,22 +506,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         metrics_io.write_json(out / SUMMARY_FILE, summary)
         print(format_table(summary), flush=True)
     workdir_lib.barrier("fungiclef_evaluate_done")
-    return {k: v for k, v in summary.items() if k not in ("ranks", "decisions", "model", "data", "poisonous_flags")}
+    return {k: v for k, v in summary.items()
+            if k not in ("ranks", "decisions", "model", "data", "poisonous_flags", "baselines")}
 
 
 def format_table(summary: dict) -> str:
-    d = summary["decisions"]
+    """The summary as a few lines: the model, then each baseline."""
     lines = [f"FungiCLEF evaluation of {summary['model']['source']} on {summary['data']['csv']} "
-             f"({summary['num_observations']} observations)",
-             "  species: " + ", ".join(f"{k} {summary[k]:.4f}" for k in ("top1", "top5", "top10", "macro_f1")
-                                       if summary.get(k) is not None)]
-    for rank, m in summary["ranks"].items():
-        if "top1" in m:
-            lines.append(f"  {rank:8s} top1 {m['top1']:.4f}  top5 {m.get('top5', float('nan')):.4f}  "
-                         f"({m['num_groups']} groups, {m['num_observations']} observations)")
-    for rule in ("argmax", "expected_cost"):
-        r = d[rule]
-        lines.append(f"  {rule:13s} accuracy {r['accuracy']:.4f}  poison cost {r['poison_cost']:.4f}  "
-                     f"poisonous called edible {r['poisonous_as_edible']}  edible called poisonous "
-                     f"{r['edible_as_poisonous']}")
+             f"({summary['num_observations']} labelled observations)"]
+    for label, s in [("model", summary)] + [(f"baseline {k}", v) for k, v in summary.get("baselines", {}).items()]:
+        lines.append(f"{label}: " + ", ".join(f"{k} {s[k]:.4f}" for k in ("top1", "top5", "top10", "macro_f1")
+                                             if s.get(k) is not None))
+        lines.append("  top1/top5 by rank: " + ", ".join(
+            f"{rank} {m['top1']:.3f}/{m.get('top5', float('nan')):.3f}" for rank, m in s["ranks"].items() if "top1" in m))
+        for rule in ("argmax", "expected_cost"):
+            r = s["decisions"][rule]
+            lines.append(f"  {rule + ':':14s} accuracy {r['accuracy']:.4f}, poison cost {r['poison_cost']:.4f} "
+                         f"({r['poisonous_as_edible']} poisonous called edible, {r['edible_as_poisonous']} edible "
+                         f"called poisonous), total cost {r['total_cost']:.4f}")
     return "\n".join(lines)
