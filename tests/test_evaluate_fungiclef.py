@@ -279,3 +279,17 @@ def test_full_run_errors(full_run, tmp_path):
             f"model={run},fungiclef={renamed},features={run / 'features'}"), str(tmp_path / "c"))
     with pytest.raises(ConfigError, match="stage-2 model"):
         fe.open_run(str(next(p for p in (run / "stage1" / "checkpoints").iterdir() if p.name.isdigit())))
+
+
+def test_real_csvs_have_the_columns_the_metadata_model_reads(shared_data):
+    """The real Val-dev CSV passes the column check of a metadata_only run; the unlabelled Test
+    CSV is refused with a message naming category_id."""
+    from configs.fungiclef import get_config
+
+    folder = shared_data / "fungiclef2025"
+    config = get_config("metadata_only")
+    rows = fe.read_csv_rows(str(folder / "FungiTastic-FewShot-Val-dev.csv"), config)
+    assert len(rows) == 1185 and len({r["observationID"] for r in rows}) == 550
+    assert fe.csv_split(str(folder / "FungiTastic-FewShot-Val-dev.csv")) == "val"
+    with pytest.raises(ConfigError, match=r"FungiTastic-FewShot-Test.csv lacks column\(s\) category_id"):
+        fe.read_csv_rows(str(folder / "FungiTastic-FewShot-Test.csv"), config)

@@ -343,6 +343,9 @@ def _features_for_rows(rows, csv_path, run: FungiClefRun, run_cache: epath.Path,
         tokens = loaded["tokens"][[where[r["filename"]] for r in rows]]
         described = {"features": str(cache), "features_split": split}
     else:
+        if jax.process_count() > 1:  # each host would write its share of the shards to its own temporary folder
+            raise ConfigError("features from images are extracted on one process only: run this evaluation on one "
+                              "host, or give a feature cache of the CSV's images (features=)")
         image_dir = epath.Path(image_root) if image_root else default_image_dir(
             csv_path, run.config.data.get("tfds_config", "300p"))
         source = CsvImages(rows, image_dir, csv_path)
