@@ -4,10 +4,12 @@ metadata-only classifier (no images).
 The classifier is a categorical naive Bayes over the observation metadata (habitat, substrate,
 meta-substrate, month, land cover, biogeographical region, district, country, 100 m elevation
 bin, 0.5-degree latitude/longitude cell), with add-one smoothing, fitted on the Train CSV and
-evaluated per observation on Val-dev. It is a deliberately simple, honest stand-in for the
-FungiCLEF system's metadata model; its value here is to exercise the evaluation modes
-(`fungizsl.evaluate.taxonomy.rank_accuracy`, `fungizsl.evaluate.decisions`) on real labels,
-real taxonomy and the real poisonous flags.
+evaluated per observation on Val-dev. It was a stand-in until the project's own metadata model
+could be evaluated; that is now done by the evaluation-only runner
+(`configs/evaluate.py:model=<metadata_only run>,fungiclef=<CSV>`, with the run's count prior as
+a baseline). It stays as a contrast only: this cruder, far less confident classifier is the one
+whose probabilities let the expected-cost rule (`fungizsl.evaluate.decisions`) flag the Val-dev
+poisonous observations (README, "Evaluate without training").
 
     python benchmarks/fungiclef_metadata_eval.py --data ../shared/data/fungiclef2025 --out nb.json
 """

@@ -4,6 +4,11 @@
     python -m fungizsl.main --config='configs/evaluate.py:model=runs/a/hf_export;runs/b,images=photos' --workdir=DIR
     python -m fungizsl.main --config=configs/evaluate.py:model=M,tfds=image_folder:defungi:test,tfds_dir=workdir/tfds \\
         --workdir=DIR --config.prompts=descriptions
+    # a trained FungiCLEF run (configs/fungiclef.py) per observation on a FungiCLEF CSV
+    python -m fungizsl.main --config=configs/evaluate.py:model=runs/meta,fungiclef=PATH/FungiTastic-FewShot-Val-dev.csv \\
+        --workdir=DIR
+    python -m fungizsl.main --config=configs/evaluate.py:model=workdir/fungiclef-local,fungiclef=CSV,features=CACHE \\
+        --workdir=DIR
 
 Arguments after the colon:
   model        Hugging Face CLIP folder, fungizsl workdir or checkpoint step folder; several
@@ -22,6 +27,18 @@ Arguments after the colon:
   openset      N > 0: hold N classes (seeded) out of the label set and score them as unknowns
   poisonous    class names joined by '+': adds expected-cost decisions (costs in config.evals.decisions.costs)
 
+FungiCLEF runs (fungizsl/train/fungiclef_evaluate.py; zero-shot arguments above do not apply):
+  fungiclef      a FungiTastic-FewShot CSV with labels: model= is then a FungiCLEF workdir (metadata_only
+                 or the full system) or one of its step folders; writes Top-1/5/10, macro-F1, poison cost,
+                 Top-K at every rank and expected-cost decisions before/after (config.evals.decisions.costs:
+                 100 x poisonous called edible, 1 x edible called poisonous, 1 x wrong species)
+  features       full system: a feature cache holding the CSV's images (matched by filename), made by the
+                 run's tower; without it the images (image_root, default the Kaggle layout beside the CSV)
+                 go through the run's tower
+  features_split the cache's split (default from the CSV's name: Train/Val/Test)
+  train_csv      metadata_only: the run's training CSV when it has moved (default: the one the run names)
+  run_features   full system: the run's own feature cache when it has moved (default: the one it names)
+
 Any field can be overridden (`--config.batch_size=64`, `--config.data.class_names='("a","b")'`).
 """
 
@@ -33,7 +50,8 @@ from configs.common import parse_arg
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, model="", images="", tfds="", tfds_dir="", csv="", image_column="image_lien",
                     label_column="label", image_root="", prompts="auto", taxonomy="",
-                    class_column="", chils="", descriptions="", openset=0, poisonous="", captions_dir="")
+                    class_column="", chils="", descriptions="", openset=0, poisonous="", captions_dir="",
+                    fungiclef="", features="", features_split="", train_csv="", run_features="")
     config = ml_collections.ConfigDict()
     config.trainer = "evaluate"
     config.models = tuple(m.strip() for m in arg.model.split(";") if m.strip())
@@ -42,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.prompts = ",".join(p for p in arg.prompts.split("+") if p)
 
     config.data = ml_collections.ConfigDict()
-    config.data.kind = "tfds" if arg.tfds else "csv" if arg.csv else "folder"
+    config.data.kind = "fungiclef" if arg.fungiclef else "tfds" if arg.tfds else "csv" if arg.csv else "folder"
     config.data.csv = arg.csv
     config.data.image_column = arg.image_column
     config.data.label_column = arg.label_column
@@ -59,6 +77,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.class_descriptions = {}  # {class: [text, ...]} for the "descriptions" prompt source
     config.data.captions_dir = arg.captions_dir  # FungalZSL caption files, for fungalzsl_* prompts
     config.data.workers = 4  # threads decoding and resizing images
+    config.data.fungiclef_csv = arg.fungiclef
+    config.data.features = arg.features
+    config.data.features_split = arg.features_split
+    config.data.train_csv = arg.train_csv
+    config.data.run_features = arg.run_features
 
     config.taxonomy = ml_collections.ConfigDict(dict(path=arg.taxonomy, class_column=arg.class_column))
 
@@ -72,7 +95,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                                    per_class=0))
     if arg.openset:
         config.evals.openset = ml_collections.ConfigDict(dict(num_unknown=arg.openset, seed=0, tpr=0.95))
-    if arg.poisonous:
+    if arg.fungiclef:
+        config.ks = (1, 5, 10)
+        config.evals.decisions = ml_collections.ConfigDict(dict(
+            costs=dict(poisonous_as_edible=100.0, edible_as_poisonous=1.0, wrong_species=1.0)))
+    elif arg.poisonous:
         config.evals.decisions = ml_collections.ConfigDict(dict(
             poisonous_classes=tuple(c for c in arg.poisonous.split("+") if c),
             costs=dict(poisonous_as_edible=100.0, edible_as_poisonous=1.0, wrong_species=1.0)))

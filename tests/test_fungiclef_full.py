@@ -8,11 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from fungiclef_runs import TINY_SPECIES as TINY
+from fungiclef_runs import tiny_full_config
 from fungizsl.fungiclef import features as feat_lib
 from fungizsl.fungiclef import synthetic_species as syn
-
-TINY = syn.SpeciesSetConfig(num_species=12, species_per_genus=3, image_size=32, val_fraction=0.6,
-                            test_fraction=0.8, seed=3)
 FEATURES = feat_lib.FeatureConfig(image_size=32, small_patch=8, small_width=32, small_depth=1, small_heads=2,
                                   small_steps=3, small_batch=8, shard_size=8, batch_size=16,
                                   views=("identity", "hflip"))
@@ -89,21 +88,11 @@ def test_feature_cache_resumes_after_an_interruption(tiny_tfds, tmp_path):
 
 
 def test_tiny_pipeline_writes_summary_and_submission(tiny_tfds, tmp_path):
-    from configs import fungiclef as fungiclef_config
     from fungizsl.evaluate import observations
     from fungizsl.train import fungiclef_full
 
     root, counts = tiny_tfds
-    config = fungiclef_config.get_config("runlocal")
-    config.data.tfds_dir = str(root / "tfds")
-    f = config.features
-    f.image_size, f.small_steps, f.shard_size, f.batch_size = 32, 3, 16, 16
-    for stage in (config.stage1, config.stage2):
-        stage.update(total_steps=4, batch_size=16, warmup_steps=1, log_every=2, checkpoint_every=2, eval_every=2)
-    config.stage1.width = 32
-    config.stage1.heads = 4
-    config.model.qformer_width = 32
-    config.data.text_max_length = 24
+    config = tiny_full_config(root / "tfds")
     workdir = tmp_path / "run"
     summary = fungiclef_full.train_and_evaluate(config, workdir)
 

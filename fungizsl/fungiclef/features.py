@@ -43,6 +43,7 @@ from fungizsl.data import augment as aug
 from fungizsl.errors import ConfigError
 
 INFO_FILE = "info.json"
+SMALL_TOWER_FILE, SMALL_TOWER_INFO = "small_tower.msgpack", "small_tower.json"
 SELF_TRAINED = "self-trained small ViT (not DINOv2)"
 VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "crop")
 
@@ -234,17 +235,17 @@ def get_tower(cfg: FeatureConfig, out: epath.Path, train_source, show_progress: 
         regs = module.config.num_registers
         return module, params, (f"DINOv2 from {cfg.tower} (width {module.config.width}, "
                                 f"{regs} registers)" if regs else f"DINOv2 from {cfg.tower} (width {module.config.width})")
-    path = out / "small_tower.msgpack"
+    path = out / SMALL_TOWER_FILE
     module = vit.VisionTransformer(small_tower_config(cfg))
     if path.exists():
         params = _load_params(path)
-        loss = json.loads((out / "small_tower.json").read_text())["final_train_loss"]
+        loss = json.loads((out / SMALL_TOWER_INFO).read_text())["final_train_loss"]
     else:
         start = time.perf_counter()
         _, params, loss = train_small_tower(train_source, cfg, show_progress)
         if workdir_lib.is_main():
             _save_params(path, params)
-            workdir_lib.write_json(out / "small_tower.json", {
+            workdir_lib.write_json(out / SMALL_TOWER_INFO, {
                 "description": SELF_TRAINED, "steps": cfg.small_steps, "final_train_loss": loss,
                 "seconds": round(time.perf_counter() - start, 1), "trained_on": "train split images only"})
     c = module.config
@@ -333,8 +334,9 @@ def extract(sources: dict, out_dir, cfg: FeatureConfig = FeatureConfig(), show_p
         if old_settings != settings or {s: v["num_images"] for s, v in old["splits"].items()} != sizes:
             raise ConfigError(f"{out} holds features made with other settings or data ({old['settings']}, "
                               f"{old['splits']}); use another output folder or delete it")
-    if "train" not in sources and not cfg.tower:
-        raise ConfigError("the self-trained tower needs the 'train' split")
+    if "train" not in sources and not cfg.tower and not (out / SMALL_TOWER_FILE).exists():
+        raise ConfigError("the self-trained tower needs the 'train' split (or its weights in the output folder, "
+                          "see `extract_like`)")
     module, params, description = get_tower(cfg, out, sources.get("train"), show_progress)
     info = _info(cfg, description, bool(cfg.tower), int(module.config.num_registers), sizes)
     if workdir_lib.is_main():
@@ -393,6 +395,30 @@ def extract(sources: dict, out_dir, cfg: FeatureConfig = FeatureConfig(), show_p
                   f"{images_done * len(cfg.views) / max(seconds, 1e-9):.0f} views/s ({description})", flush=True)
     workdir_lib.barrier("fungiclef_features_done")
     return info
+
+
+def settings_of(cache_dir) -> FeatureConfig:
+    """The `FeatureConfig` an existing cache was made with (its info.json)."""
+    info = json.loads((workdir_lib.as_path(cache_dir) / INFO_FILE).read_text())
+    return FeatureConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["settings"].items()})
+
+
+def extract_like(cache_dir, sources: dict, out_dir, show_progress: bool = True) -> dict:
+    """Features of `sources` made exactly as the cache `cache_dir` made its own: the same settings
+    and, for a self-trained tower, the same weights (copied from it, never trained again).
+    Returns the new cache's info.json content."""
+    cache, out = workdir_lib.as_path(cache_dir), workdir_lib.as_path(out_dir)
+    if not (cache / INFO_FILE).exists():
+        raise ConfigError(f"{cache} is not a feature cache (no {INFO_FILE})")
+    cfg = settings_of(cache)
+    if not cfg.tower:
+        if not (cache / SMALL_TOWER_FILE).exists():
+            raise ConfigError(f"feature cache {cache} has no {SMALL_TOWER_FILE}: the self-trained tower that made "
+                              f"it is lost, so new images cannot be given the same features")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (SMALL_TOWER_FILE, SMALL_TOWER_INFO):
+            (out / name).write_bytes((cache / name).read_bytes())
+    return extract(sources, out, cfg, show_progress)
 
 
 def is_complete(out_dir) -> bool:

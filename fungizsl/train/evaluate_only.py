@@ -17,7 +17,9 @@ Data (`config.data.kind`):
   * "tfds": a split of a prepared TFDS builder of `fungizsl.data.builders`
     (`tfds_builder`, `tfds_config`, `tfds_dir`, `split`);
   * "csv": images listed in a CSV with a label column (`csv`, `image_column`, `label_column`,
-    `image_root`), e.g. Mushroom Observer's images.csv.
+    `image_root`), e.g. Mushroom Observer's images.csv;
+  * "fungiclef": a FungiCLEF CSV scored per observation by a trained FungiCLEF run (not a CLIP
+    model): `fungizsl/train/fungiclef_evaluate.py` does that whole evaluation.
 Images are resized and center-cropped to the model's input size with CLIP normalisation (the
 evaluation transform of the training pipeline). A file that does not decode stops the run with
 an error naming it.
@@ -51,6 +53,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from fungizsl.data import augment
+from fungizsl.errors import ConfigError
 from fungizsl.evaluate import make_evaluator, metrics_io, openset, zeroshot
 from fungizsl.evaluate import taxonomy as taxonomy_lib
 
@@ -146,6 +149,11 @@ def load_model(spec: str, batch_size: int = 32) -> LoadedModel:
             name = f"{path.parent.name}-open_clip"
         return _wrap(module, variables, tokenizer, name, spec, "open_clip", batch_size)
     if _is_fungizsl_run(path):
+        from fungizsl.train import fungiclef_evaluate
+
+        if fungiclef_evaluate.find_run_root(path) is not None:
+            raise ConfigError(f"model {spec} is a FungiCLEF run, not a two-tower CLIP model: evaluate it per "
+                              f"observation on a FungiCLEF CSV (fungiclef=CSV, config.data.fungiclef_csv)")
         module, variables, tokenizer = load_run(path)
         root = _run_root(path)
         name = root.name if path == root else f"{root.name}@{path.name}"
@@ -600,6 +608,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Entry point called by fungizsl.main for config.trainer == "evaluate" (no training)."""
     from fungizsl.evaluate import plots
 
+    if config.data.get("kind") == "fungiclef":  # a FungiCLEF run per observation on a FungiCLEF CSV
+        from fungizsl.train import fungiclef_evaluate
+
+        return fungiclef_evaluate.train_and_evaluate(config, workdir)
     out = epath.Path(workdir)
     is_main = jax.process_index() == 0
     images = make_image_set(config.data)

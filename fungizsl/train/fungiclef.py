@@ -68,11 +68,15 @@ class MetadataSplits:
 
 
 def build_metadata_splits(config, train_table: fd.ObservationTable, eval_table: fd.ObservationTable,
-                          show_progress: bool = True, train_on_all: bool = False) -> MetadataSplits:
+                          show_progress: bool = True, train_on_all: bool = False,
+                          num_classes: int | None = None) -> MetadataSplits:
     """Inputs of the train / val (temporal hold-out of the training CSV) / test (eval CSV) splits;
-    `train_on_all` trains on every training observation (the refit after selection)."""
+    `train_on_all` trains on every training observation (the refit after selection).
+    `num_classes` (default: 1 + the largest label of both CSVs) is given when a trained model
+    scores another CSV (`train/fungiclef_evaluate.py`): the model's class count wins."""
     d, m = config.data, config.model
-    num_classes = int(max(train_table.labels.max(), eval_table.labels.max())) + 1
+    if num_classes is None:
+        num_classes = int(max(train_table.labels.max(), eval_table.labels.max())) + 1
     train_pos, val_pos = fd.temporal_holdout(train_table, d.holdout_years)
     tables = {"train": train_table if train_on_all else train_table.subset(train_pos),
               "val": train_table.subset(val_pos), "test": eval_table}

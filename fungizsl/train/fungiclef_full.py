@@ -100,15 +100,23 @@ def _group(loaded: dict):
 
 
 def load_data(config, features_dir, show_progress: bool = True) -> FullData:
+    return data_from_splits(config, {s: feat_lib.load_split(features_dir, s) for s in SPLITS}, show_progress)
+
+
+def data_from_splits(config, loaded: dict, show_progress: bool = True, num_classes: int | None = None) -> FullData:
+    """Model inputs of every split in `loaded` ({split: `features.load_split` dict}; "train" is
+    required: the vocabulary, the prior and the prototypes come from it). `num_classes` (default:
+    1 + the largest label) is given when a trained model scores new data
+    (`train/fungiclef_evaluate.py`)."""
     d, m = config.data, config.model
-    loaded = {s: feat_lib.load_split(features_dir, s) for s in SPLITS}
     splits = {}
     for s, x in loaded.items():
         image_obs, obs_ids, obs_labels, groups, records = _group(x)
         splits[s] = SplitData(x["tokens"], image_obs, x["category_id"].astype(np.int64), obs_ids, obs_labels,
                               groups, records, {})
     train = splits["train"]
-    num_classes = int(max(sp.labels.max() for sp in splits.values())) + 1
+    if num_classes is None:
+        num_classes = int(max(sp.labels.max() for sp in splits.values())) + 1
     table = fd.ObservationTable(train.records, train.obs_ids, train.obs_labels)
     vocab = md.FieldVocab.build(train.records, tuple(d.fields))
     prior = MetadataPrior(num_classes, geo_sigma_km=d.prior_geo_sigma_km, genus_weight=d.prior_genus_weight,

@@ -1,0 +1,295 @@
+"""Evaluation-only runs of trained FungiCLEF models (`configs/evaluate.py:model=RUN,fungiclef=CSV`):
+a tiny metadata-only run and a tiny full-system run evaluated through the config reproduce their
+own summaries, a hand-checked case of the numbers the summary holds, and the error messages."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fungiclef_runs
+import trainer_runs
+from configs import evaluate as evaluate_config
+from fungizsl.errors import ConfigError
+from fungizsl.train import fungiclef_evaluate as fe
+
+COLUMNS = ("filename,observationID,category_id,year,month,day,habitat,substrate,metaSubstrate,landcover,region,"
+           "district,biogeographicalRegion,countryCode,latitude,longitude,elevation,kingdom,phylum,class,order,"
+           "family,genus,species,poisonous").split(",")
+HEADLINE = ("top1", "top5", "top10", "macro_f1", "poison_cost", "num_observations")
+
+
+def _rows(seed: int, years, n_classes: int = 24) -> list[dict]:
+    """Observations of `n_classes` species (4 per genus, 2 genera per family, genus 0 poisonous)
+    whose habitat, substrate and place depend on the species, with some noise."""
+    rng = np.random.RandomState(seed)
+    rows = []
+    for c in range(n_classes):
+        genus, family = c // 4, c // 8
+        for k in range(1 + (c + seed) % 3):
+            obs = 100_000 * (seed + 1) + 10 * c + k
+            for image in range(1 + (c + k) % 2):
+                rows.append({
+                    "filename": f"{image}-{obs}.JPG", "observationID": obs, "category_id": c,
+                    "year": years[(c + k) % len(years)], "month": 1 + (c + rng.randint(2)) % 12, "day": 3,
+                    "habitat": f"habitat {c % 6}", "substrate": f"substrate {(c + rng.randint(2)) % 8}",
+                    "metaSubstrate": "wood", "landcover": "", "region": f"R{c % 4}", "district": f"D{c % 5}",
+                    "biogeographicalRegion": "continental", "countryCode": "DK", "latitude": 55 + 0.05 * c,
+                    "longitude": 10.5, "elevation": 20, "kingdom": "Fungi", "phylum": "Basidiomycota",
+                    "class": "Agaricomycetes", "order": "Agaricales", "family": f"Family{family}",
+                    "genus": f"Genus{genus}", "species": f"Genus{genus} species{c}", "poisonous": int(genus == 0)})
+    return rows
+
+
+def _write_csv(path, rows, columns=COLUMNS):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def run_main(config_arg, workdir, *flags):
+    env = dict(os.environ, PYTHONPATH=trainer_runs.ROOT, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return subprocess.run([sys.executable, "-m", "fungizsl.main", f"--config=configs/evaluate.py:{config_arg}",
+                           f"--workdir={workdir}", *flags], cwd=trainer_runs.ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _tree(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(folder) for f in files}
+
+
+@pytest.fixture(scope="module")
+def metadata_run(tmp_path_factory):
+    """A tiny metadata-only run (selection on the temporal hold-out, then the refit on all)."""
+    from configs.fungiclef import get_config
+    from fungizsl.train import fungiclef
+
+    root = tmp_path_factory.mktemp("fungiclef_meta")
+    train_csv = _write_csv(root / "train.csv", _rows(0, [2019, 2020, 2021]))
+    eval_csv = _write_csv(root / "eval.csv", _rows(1, [2022]))
+    config = get_config("metadata_only")
+    config.data.train_csv, config.data.eval_csv = str(train_csv), str(eval_csv)
+    config.batch_size, config.total_steps, config.warmup_steps = 16, 40, 2
+    config.checkpoint_every = config.evals.fungiclef.every = config.log_every = 20
+    fungiclef.train_and_evaluate(config, root / "run")
+    return root
+
+
+def test_metadata_run_through_the_command_reproduces_its_summary(metadata_run, tmp_path):
+    run, eval_csv = metadata_run / "run", metadata_run / "eval.csv"
+    before = _tree(run)
+    out = run_main(f"model={run},fungiclef={eval_csv}", tmp_path / "eval")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert os.listdir(tmp_path / "eval") == ["summary.json"]
+    assert _tree(run) == before  # the run is read, never written
+    got = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    want = json.loads((run / "summary.json").read_text())  # the refit's numbers on the same CSV
+    for key in HEADLINE:
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    assert got["model"]["kind"] == "fungiclef_metadata_only" and got["model"]["step"] == want["step"]
+    assert got["model"]["checkpoint"].endswith(f"refit_all/checkpoints/{want['step']}")
+    assert got["data"]["num_images"] == len(_rows(1, [2022])) and got["data"]["csv"] == str(eval_csv)
+    # species are the classes, so species Top-K is the headline; coarser ranks can only be easier
+    ranks = got["ranks"]
+    assert list(ranks) == ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
+    assert ranks["species"]["top1"] == pytest.approx(got["top1"], abs=1e-6)
+    assert ranks["kingdom"]["top1"] == 1.0 and ranks["genus"]["num_groups"] == 6
+    assert got["top1"] <= ranks["genus"]["top1"] <= ranks["family"]["top1"]
+    d = got["decisions"]
+    assert d["costs"] == {"poisonous_as_edible": 100.0, "edible_as_poisonous": 1.0, "wrong_species": 1.0}
+    assert d["argmax"]["accuracy"] == pytest.approx(got["top1"], abs=1e-6)
+    assert d["argmax"]["poison_cost"] == pytest.approx(got["poison_cost"], abs=1e-6)
+    assert d["expected_cost"]["total_cost"] <= d["argmax"]["total_cost"] + 1e-9  # the rule's own objective
+    assert got["poisonous_flags"]["classes_flagged_by_evaluated_csv_only"] == 0
+    prior = got["baselines"]["metadata_prior"]  # the count prior alone: the trainer's metadata baseline
+    for key in ("top1", "top5", "macro_f1", "poison_cost"):
+        assert prior[key] == pytest.approx(want["baselines"][f"metadata/{key}"], abs=1e-6), key
+    assert set(prior["ranks"]) == set(ranks) and prior["decisions"]["argmax"]["accuracy"] == pytest.approx(prior["top1"])
+    assert "expected_cost" in out.stdout and "genus" in out.stdout
+
+
+def test_metadata_selection_checkpoint_reproduces_the_numbers_before_the_refit(metadata_run, tmp_path):
+    """A step folder of the selection run (trained without the validation hold-out) is rebuilt
+    with the vocabulary and prior of that training set, and scores what the run reported."""
+    run = metadata_run / "run"
+    want = json.loads((run / "summary.json").read_text())
+    step = want["selection"]["selected_on_val"]["step"]
+    config = evaluate_config.get_config(f"model={run}/checkpoints/{step},fungiclef={metadata_run / 'eval.csv'}")
+    got = fe.train_and_evaluate(config, str(tmp_path / "eval"))
+    for key in HEADLINE:
+        assert got[key] == pytest.approx(want["before_refit"][key], abs=1e-6), key
+    written = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert written["model"]["step"] == step and "hold-out" in written["model"]["trained_on"]
+
+
+def test_hand_checked_summary_numbers():
+    """3 classes (1 poisonous), 4 observations, one of two images; probabilities chosen so that
+    every number can be worked out by hand (see the comments)."""
+    probs = [[[0.6, 0.3, 0.1], [0.6, 0.3, 0.1]],  # obs A, true 1 (poisonous); one image (second masked)
+             [[0.9, 0.05, 0.05], [0, 0, 1]],        # obs B, true 0
+             [[0.01, 1e-9, 0.99], [0, 0, 1]],       # obs C, true 2
+             [[0.5, 0.5, 1e-9], [0.9, 0.1, 1e-9]]]  # obs D, true 0; two images, mean [0.7, 0.3, 0]
+    logits = np.log(np.maximum(np.asarray(probs), 1e-12))
+    mask = np.asarray([[1, 0], [1, 0], [1, 0], [1, 1]], bool)
+    lineage = lambda c: {"kingdom": "Fungi", "genus": "G1" if c < 2 else "G2", "species": f"s{c}", "category_id": c}
+    scored = fe.Scored(logits, mask, np.asarray([1, 0, 2, 0]), np.arange(4), [lineage(c) for c in (1, 0, 2, 0)],
+                       [lineage(c) for c in range(3)], np.arange(3), np.asarray([0, 1, 0]), 5, {"csv": "x.csv"})
+    s = fe.observation_summary(scored, evaluate_config.get_config("fungiclef=x.csv"))
+    # argmax: [0, 0, 2, 0] -> 3/4 right; A is poisonous called edible: 100 / 4 = 25
+    assert s["top1"] == pytest.approx(0.75) and s["poison_cost"] == pytest.approx(25.0)
+    assert s["top5"] == 1.0 and s["num_observations"] == 4
+    argmax, after = s["decisions"]["argmax"], s["decisions"]["expected_cost"]
+    assert argmax == pytest.approx({"accuracy": 0.75, "poison_cost": 25.0, "total_cost": 25.25,
+                                    "poisonous_as_edible": 1, "edible_as_poisonous": 0})
+    # expected costs (P = probability of the poisonous class 1):
+    #   A: P=0.3: E[0] = 0.4 + 100*0.3 = 30.4, E[1] = 0.7 + 0.7 = 1.4, E[2] = 0.9 + 30 = 30.9 -> 1 (right)
+    #   B: P=0.05: E[0] = 0.1 + 5 = 5.1, E[1] = 0.95 + 0.95 = 1.9 -> 1 (edible called poisonous)
+    #   C: P~0: E[2] = 0.01 -> 2 (right);  D: P=0.3: E[0] = 30.3, E[1] = 1.4 -> 1 (edible called poisonous)
+    # -> [1, 1, 2, 1]: accuracy 2/4, poison cost 2 / 4, total 0.5 + 0.5
+    assert after == pytest.approx({"accuracy": 0.5, "poison_cost": 0.5, "total_cost": 1.0,
+                                   "poisonous_as_edible": 0, "edible_as_poisonous": 2})
+    assert s["decisions"]["num_observations"] == 4
+    # genus by summing species probabilities: every observation's genus is right
+    assert s["ranks"]["genus"]["top1"] == 1.0 and s["ranks"]["species"]["top1"] == pytest.approx(0.75)
+    assert s["ranks"]["genus"]["num_groups"] == 2
+
+    # a label the model has no output for (class 3, poisonous per the evaluated CSV) is never
+    # predicted; its flag comes from the CSV, and the summary says so
+    scored.labels = np.asarray([1, 0, 2, 3])
+    scored.records[3] = dict(lineage(3), poisonous=1)
+    s = fe.observation_summary(scored, evaluate_config.get_config("fungiclef=x.csv"))
+    assert s["observations_of_classes_the_model_lacks"] == 1 and s["top1"] == pytest.approx(0.5)
+    assert s["poisonous_flags"]["classes_flagged_by_evaluated_csv_only"] == 1
+    # D (true 3, poisonous) is now called edible by argmax: (100 + 100) / 4
+    assert s["decisions"]["argmax"]["poison_cost"] == pytest.approx(50.0) == pytest.approx(s["poison_cost"])
+
+
+def test_metadata_errors_name_the_file_and_column(metadata_run, tmp_path):
+    run = metadata_run / "run"
+    rows = _rows(1, [2022])
+    no_habitat = _write_csv(tmp_path / "no_habitat.csv", rows, [c for c in COLUMNS if c != "habitat"])
+    with pytest.raises(ConfigError, match=r"no_habitat.csv lacks column\(s\) habitat"):
+        fe.train_and_evaluate(evaluate_config.get_config(f"model={run},fungiclef={no_habitat}"), str(tmp_path / "a"))
+    unlabelled = _write_csv(tmp_path / "test.csv", rows, [c for c in COLUMNS if c not in ("category_id", "poisonous")])
+    with pytest.raises(ConfigError, match="lacks column.*category_id.*unlabelled"):
+        fe.train_and_evaluate(evaluate_config.get_config(f"model={run},fungiclef={unlabelled}"), str(tmp_path / "b"))
+    with pytest.raises(ConfigError, match=r"missing.csv does not exist"):
+        fe.train_and_evaluate(evaluate_config.get_config(f"model={run},fungiclef={tmp_path}/missing.csv"),
+                              str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="training CSV .*moved.csv"):
+        fe.train_and_evaluate(evaluate_config.get_config(
+            f"model={run},fungiclef={metadata_run / 'eval.csv'},train_csv={tmp_path}/moved.csv"), str(tmp_path / "d"))
+    with pytest.raises(ConfigError, match="metadata-only run: it reads no image features"):
+        fe.train_and_evaluate(evaluate_config.get_config(
+            f"model={run},fungiclef={metadata_run / 'eval.csv'},features={tmp_path}"), str(tmp_path / "e"))
+    assert not any((tmp_path / x).exists() for x in "abcde")
+
+    # not a FungiCLEF run: a FungalZSL-like workdir, and an empty folder; one line, exit code 2
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "fungizsl_config.json").write_text(json.dumps({"trainer": "fungalzsl"}))
+    out = run_main(f"model={other},fungiclef={metadata_run / 'eval.csv'}", tmp_path / "f")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"fungizsl: model {other} is not a FungiCLEF run" in out.stderr and "Traceback" not in out.stderr
+    with pytest.raises(ConfigError, match="no such folder"):
+        fe.open_run(str(tmp_path / "nowhere"))
+    # and a FungiCLEF run given to the CLIP zero-shot path
+    from fungizsl.train import evaluate_only
+
+    with pytest.raises(ConfigError, match="is a FungiCLEF run, not a two-tower CLIP model"):
+        evaluate_only.load_model(str(run))
+
+
+# -------------------------------------------------------------------------------------------------
+# The full system (features -> stage 1 -> stage 2) on a tiny synthetic species set
+# -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    from fungizsl.data import builders
+    from fungizsl.fungiclef import synthetic_species as syn
+    from fungizsl.train import fungiclef_full
+
+    root = tmp_path_factory.mktemp("fungiclef_full")
+    syn.write_species_set(root / "download", fungiclef_runs.TINY_SPECIES, show_progress=False)
+    builders.build("fungiclef2025", "300p", data_dir=root / "tfds", manual_dir=root / "download")
+    config = fungiclef_runs.tiny_full_config(root / "tfds")
+    config.ensemble = False
+    fungiclef_full.train_and_evaluate(config, root / "run")
+    return root
+
+
+def test_full_run_from_its_cache_and_from_images_reproduces_its_test_numbers(full_run, tmp_path):
+    run = full_run / "run"
+    test_csv = full_run / "download" / "metadata" / "FungiTastic-FewShot" / "FungiTastic-FewShot-Test.csv"
+    want = json.loads((run / "summary.json").read_text())
+    before = _tree(run)
+    # (a) the run's own feature cache (split "test" from the CSV's name), through the command
+    out = run_main(f"model={run},fungiclef={test_csv},features={run / 'features'}", tmp_path / "cache")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert os.listdir(tmp_path / "cache") == ["summary.json"]
+    cached = json.loads((tmp_path / "cache" / "summary.json").read_text())
+    # (b) the images of the Kaggle layout beside the CSV, through the run's own tower
+    fe.train_and_evaluate(evaluate_config.get_config(f"model={run},fungiclef={test_csv}"), str(tmp_path / "img"))
+    from_images = json.loads((tmp_path / "img" / "summary.json").read_text())
+    assert _tree(run) == before
+    for key in HEADLINE:
+        assert cached[key] == pytest.approx(want[key], abs=1e-5), key
+        assert from_images[key] == pytest.approx(want[key], abs=1e-5), key
+    assert cached["model"]["kind"] == "fungiclef_full" and cached["model"]["step"] == want["selection"]["step"]
+    assert cached["model"]["stage1_checkpoint"].endswith(f"stage1/checkpoints/{want['selection']['stage1']['step']}")
+    assert cached["data"]["features_split"] == "test" and "not DINOv2" in cached["data"]["tower"]
+    assert "extracted by the run's tower" in from_images["data"]["features"]
+    assert cached["ranks"]["species"]["top1"] == pytest.approx(cached["top1"], abs=1e-6)
+    assert cached["decisions"]["argmax"]["poison_cost"] == pytest.approx(cached["poison_cost"], abs=1e-6)
+    assert cached["ranks"] == from_images["ranks"] and cached["decisions"] == from_images["decisions"]
+    assert cached["baselines"]["metadata_prior"]["top5"] == pytest.approx(want["baselines"]["metadata/top5"], abs=1e-6)
+
+
+def test_full_run_errors(full_run, tmp_path):
+    run = full_run / "run"
+    test_csv = full_run / "download" / "metadata" / "FungiTastic-FewShot" / "FungiTastic-FewShot-Test.csv"
+    with open(test_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    extra = dict(rows[0], filename="not-in-the-cache.JPG", observationID="424242")
+    bad = tmp_path / "FungiTastic-FewShot-Test.csv"
+    with open(bad, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows + [extra])
+    with pytest.raises(ConfigError, match=r"has no features for 1 image\(s\) of .*not-in-the-cache.JPG"):
+        fe.train_and_evaluate(evaluate_config.get_config(f"model={run},fungiclef={bad},features={run / 'features'}"),
+                              str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match=r"1 image\(s\) of .* are not in .*not-in-the-cache.JPG"):
+        fe.train_and_evaluate(evaluate_config.get_config(f"model={run},fungiclef={bad},image_root="
+                                                         f"{test_csv.parents[2] / 'images/FungiTastic-FewShot/test/300p'}"),
+                              str(tmp_path / "b"))
+    renamed = tmp_path / "mine.csv"
+    renamed.write_bytes(test_csv.read_bytes())
+    with pytest.raises(ConfigError, match="set features_split"):
+        fe.train_and_evaluate(evaluate_config.get_config(
+            f"model={run},fungiclef={renamed},features={run / 'features'}"), str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="stage-2 model"):
+        fe.open_run(str(next(p for p in (run / "stage1" / "checkpoints").iterdir() if p.name.isdigit())))
+
+
+def test_real_csvs_have_the_columns_the_metadata_model_reads(shared_data):
+    """The real Val-dev CSV passes the column check of a metadata_only run; the unlabelled Test
+    CSV is refused with a message naming category_id."""
+    from configs.fungiclef import get_config
+
+    folder = shared_data / "fungiclef2025"
+    config = get_config("metadata_only")
+    rows = fe.read_csv_rows(str(folder / "FungiTastic-FewShot-Val-dev.csv"), config)
+    assert len(rows) == 1185 and len({r["observationID"] for r in rows}) == 550
+    assert fe.csv_split(str(folder / "FungiTastic-FewShot-Val-dev.csv")) == "val"
+    with pytest.raises(ConfigError, match=r"FungiTastic-FewShot-Test.csv lacks column\(s\) category_id"):
+        fe.read_csv_rows(str(folder / "FungiTastic-FewShot-Test.csv"), config)
