@@ -219,3 +219,72 @@ def test_decision_evaluator_skips_unknown_labels():
         logits=logits, image_labels=[0, 2, -1], poisonous=[False, False, True]))
     assert m["num_images"] == 2
     assert m["argmax/accuracy"] == 1.0 and m["expected_cost/accuracy"] == 0.5
+
+
+# ------------------------------------------------------------------------------ calibration
+
+
+def test_temperature_fit_matches_the_closed_form_and_a_grid():
+    from fungizsl.evaluate import calibration
+
+    # Two classes, logits (2, 0) everywhere, class 0 true 3 times out of 4: the NLL is least where
+    # softmax(2/T, 0) gives class 0 probability 3/4, i.e. 2/T = ln 3.
+    z, y = np.array([[2.0, 0.0]] * 4), np.array([0, 0, 0, 1])
+    assert calibration.fit_temperature(z, y) == pytest.approx(2 / np.log(3), rel=1e-9)
+    assert calibration.nll(z, y, 2 / np.log(3)) == pytest.approx(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+    # a noisy 7-class problem: the fit is the minimum of a fine grid of T
+    rng = np.random.RandomState(0)
+    z = 3 * rng.randn(200, 7)
+    y = np.argmax(z + 3 * rng.randn(200, 7), -1)
+    t = calibration.fit_temperature(z, y)
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
+    best = grid[np.argmin([calibration.nll(z, y, g) for g in grid])]
+    assert t == pytest.approx(best, rel=2e-3) and t > 1  # noisy labels: the logits were over-confident
+    assert calibration.nll(z, y, t) <= min(calibration.nll(z, y, g) for g in grid) + 1e-12
+    # every argmax right: the sharpest allowed temperature; labels against the logits: the flattest
+    assert calibration.fit_temperature(z, np.argmax(z, -1)) == calibration.TEMPERATURE_RANGE[0]
+    assert calibration.fit_temperature(z, np.argmin(z, -1)) == calibration.TEMPERATURE_RANGE[1]
+    with pytest.raises(ValueError, match="labels must lie in 0..6"):
+        calibration.fit_temperature(z, y + 7)
+
+
+def test_expected_calibration_error_by_hand():
+    from fungizsl.evaluate import calibration
+
+    # 0.9 right (bin 14 of 15: |1 - 0.9|), 0.6 wrong (bin 9: |0 - 0.6|); each half of the images
+    assert calibration.expected_calibration_error([[0.9, 0.1], [0.6, 0.4]], [0, 1]) == pytest.approx(0.35)
+    assert calibration.expected_calibration_error([[0.5, 0.5]] * 2, [0, 1]) == pytest.approx(0.0)
+
+
+def test_decisions_on_calibrated_probabilities_catch_what_an_overconfident_model_hides():
+    # Classes 0 edible, 1 poisonous, 2 edible. Held-out scores: logits (6, 0, 0), truth 0 eight times,
+    # 1 once, 2 once: the NLL-optimal temperature gives class 0 0.8, so e^(6/T) = 8, T = 6 / ln 8.
+    poisonous = [False, True, False]
+    fit_logits = np.array([[6.0, 0.0, 0.0]] * 10)
+    fit_labels = np.array([0] * 8 + [1, 2])
+    # Evaluated: one observation with the same logits, truly poisonous. Raw: P(1) = 1/(e^6 + 2)
+    # = 0.25 % < 1/101, so the rule answers 0 (cost 100). Calibrated: P(1) = 0.1, E[answer 0] =
+    # 0.2 + 100 * 0.1 = 10.2 > E[answer 1] = 0.9 + 0.9 = 1.8, so it answers 1 (right).
+    m = dict(evaluate.make_evaluator("decisions", {}).run(
+        logits=np.array([[6.0, 0.0, 0.0]]), image_labels=[1], poisonous=poisonous,
+        calibration_logits=fit_logits, calibration_labels=fit_labels))
+    assert m["calibration/temperature"] == pytest.approx(6 / np.log(8), rel=1e-9)
+    assert m["calibration/num_fit"] == 10
+    assert m["expected_cost/poisonous_as_edible"] == 1 and m["expected_cost/total_cost"] == pytest.approx(101.0)
+    assert m["expected_cost_calibrated/accuracy"] == 1.0 and m["expected_cost_calibrated/total_cost"] == 0.0
+    assert m["calibration/ece_before"] == pytest.approx(np.exp(6) / (np.exp(6) + 2))  # confident and wrong
+    assert m["calibration/ece_after"] == pytest.approx(0.8)
+    assert m["calibration/nll_before"] == pytest.approx(np.log(np.exp(6) + 2))
+    assert m["calibration/nll_after"] == pytest.approx(-np.log(0.1))
+    assert m["calibration/p_poisonous_on_poisonous_after"] == pytest.approx(0.1)
+    assert m["calibration/fit_nll_after"] < m["calibration/fit_nll_before"]
+    # "none", or no held-out scores to fit on: the calibrated rule is not reported
+    none = dict(evaluate.make_evaluator("decisions", {"calibrate": "none"}).run(
+        logits=np.array([[6.0, 0.0, 0.0]]), image_labels=[1], poisonous=poisonous,
+        calibration_logits=fit_logits, calibration_labels=fit_labels))
+    unfit = dict(evaluate.make_evaluator("decisions", {}).run(
+        logits=np.array([[6.0, 0.0, 0.0]]), image_labels=[1], poisonous=poisonous))
+    for got in (none, unfit):
+        assert not any(k.startswith(("calibration/", "expected_cost_calibrated/")) for k in got)
+    with pytest.raises(ValueError, match="config.evals.decisions.calibrate must be one of"):
+        evaluate.make_evaluator("decisions", {"calibrate": "platt"})

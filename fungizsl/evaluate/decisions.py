@@ -18,7 +18,19 @@ probability is high enough) is what the FungiCLEF 2024 winners (Wolf, Thelen, Be
 "Poison-Aware Open-Set Fungi Classification") call poisonous re-ranking; here it is the exact
 expected-cost rule, with the cost matrix from the config.
 
-`decision_metrics` reports accuracy and costs before (argmax) and after (expected cost).
+`decision_metrics` reports accuracy and costs before (argmax) and after (expected cost). The rule
+takes the probabilities at their word, so an over-confident model (a poisonous species at 0.3 %
+where it deserves 2 %) never crosses the ~1/101 line; the evaluator can therefore also decide on
+probabilities calibrated by a temperature fitted on validation scores it is given
+(`calibration.py`; never on the evaluated images).
+
+Why there is no separate "poisonous when P(any poisonous species) > 1/(1 + 100)" rule: the best
+edible answer costs w (1 - max_edible p) + 100 P and the best poisonous one w (1 - max_poisonous p)
++ (1 - P), so the rule above already answers a poisonous species exactly when
+P > (1 + w (max_edible p - max_poisonous p)) / 101. With w = 0 (the edible/poisonous question
+alone) that is the 1/101 threshold; with w = 1 the species term only moves the threshold within
+[0, 2/101], and it is the rule that minimises the reported total cost, which a bare threshold
+does not.
 """
 
 from __future__ import annotations
@@ -27,9 +39,10 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from fungizsl.evaluate import register
+from fungizsl.evaluate import calibration, register
 
 DEFAULT_COSTS = {"poisonous_as_edible": 100.0, "edible_as_poisonous": 1.0, "wrong_species": 1.0}
+CALIBRATIONS = ("temperature", "none")
 
 
 def _costs(costs: Mapping[str, float] | None) -> dict[str, float]:
@@ -79,22 +92,40 @@ def decision_metrics(probs, labels, poisonous, costs: Mapping[str, float] | None
             "expected_cost": realised_costs(labels, decide(probs, poisonous, costs), poisonous, costs)}
 
 
+def mean_poisonous_probability(probs, labels, poisonous) -> float | None:
+    """Mean total probability of the poisonous classes on observations that are poisonous."""
+    probs, poisonous = np.asarray(probs, np.float64), np.asarray(poisonous, bool)
+    truly = poisonous[np.asarray(labels).astype(np.int64)]
+    return float(probs[truly][:, poisonous].sum(-1).mean()) if truly.any() else None
+
+
 @register("decisions")
 class DecisionEvaluator:
-    """Cost and accuracy before/after the expected-cost decision.
+    """Cost and accuracy of argmax, of the expected-cost rule, and of the rule on calibrated
+    probabilities.
 
-    Config: costs (overrides of DEFAULT_COSTS).
+    Config: costs (overrides of DEFAULT_COSTS); calibrate: "temperature" (default) fits one
+      temperature on `calibration_logits` / `calibration_labels` when they are given (never on
+      the evaluated images; without them nothing calibrated is reported) | "none".
     Inputs: probs [N, C] (or logits [N, C], softmaxed here), image_labels [N], poisonous [C]
-      (bool per class). Images labelled -1 (unknown) are left out.
+      (bool per class); optionally calibration_logits [M, C] and calibration_labels [M], scores of
+      held-out data that is not the evaluated data. Images labelled -1 (unknown) are left out.
     Metrics: "{argmax,expected_cost}/{accuracy,poison_cost,total_cost,poisonous_as_edible,
-      edible_as_poisonous}", "num_images".
+      edible_as_poisonous}", "num_images"; when calibrated also "expected_cost_calibrated/..." and
+      "calibration/{temperature,num_fit,fit_nll_before,fit_nll_after,nll_before,nll_after,
+      ece_before,ece_after,p_poisonous_on_poisonous_before,p_poisonous_on_poisonous_after}"
+      (nll, ece and p_poisonous on the evaluated images; fit_nll on the calibration data).
     """
 
     def __init__(self, config: Mapping[str, Any]):
         self.costs = _costs(dict(config.get("costs", {}) or {}))
+        self.calibrate = config.get("calibrate", "temperature") or "none"
+        if self.calibrate not in CALIBRATIONS:
+            raise ValueError(f"config.evals.decisions.calibrate must be one of {CALIBRATIONS}, "
+                             f"got {self.calibrate!r}")
 
     def run(self, *, poisonous, probs=None, logits=None, image_labels=None, labels=None,
-            **unused) -> Iterator[tuple[str, Any]]:
+            calibration_logits=None, calibration_labels=None, **unused) -> Iterator[tuple[str, Any]]:
         from fungizsl.evaluate.taxonomy import softmax
 
         if probs is None:
@@ -103,7 +134,28 @@ class DecisionEvaluator:
             probs = softmax(logits)
         y = np.asarray(image_labels if image_labels is not None else labels).astype(np.int64)
         keep = y >= 0
+        probs, y = np.asarray(probs, np.float64)[keep], y[keep]
         yield "num_images", int(keep.sum())
-        for rule, metrics in decision_metrics(np.asarray(probs)[keep], y[keep], poisonous, self.costs).items():
+        for rule, metrics in decision_metrics(probs, y, poisonous, self.costs).items():
             for name, value in metrics.items():
                 yield f"{rule}/{name}", value
+        if self.calibrate == "none" or calibration_logits is None:
+            return
+        fit_z, fit_y = np.asarray(calibration_logits, np.float64), np.asarray(calibration_labels).astype(np.int64)
+        t = calibration.fit_temperature(fit_z, fit_y)
+        log_p = calibration.log_softmax(logits)[keep] if logits is not None else np.log(np.maximum(probs, 1e-300))
+        calibrated = softmax(log_p / t)
+        yield "calibration/temperature", t
+        yield "calibration/num_fit", int(len(fit_y))
+        yield "calibration/fit_nll_before", calibration.nll(fit_z, fit_y)
+        yield "calibration/fit_nll_after", calibration.nll(fit_z, fit_y, t)
+        if len(y):
+            yield "calibration/nll_before", calibration.nll(log_p, y)
+            yield "calibration/nll_after", calibration.nll(log_p, y, t)
+            yield "calibration/ece_before", calibration.expected_calibration_error(probs, y)
+            yield "calibration/ece_after", calibration.expected_calibration_error(calibrated, y)
+            for when, p in (("before", probs), ("after", calibrated)):
+                yield f"calibration/p_poisonous_on_poisonous_{when}", mean_poisonous_probability(p, y, poisonous)
+        metrics = realised_costs(y, decide(calibrated, poisonous, self.costs), poisonous, self.costs)
+        for name, value in metrics.items():
+            yield f"expected_cost_calibrated/{name}", value
