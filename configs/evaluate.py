@@ -31,7 +31,9 @@ FungiCLEF runs (fungizsl/train/fungiclef_evaluate.py; zero-shot arguments above 
   fungiclef      a FungiTastic-FewShot CSV with labels: model= is then a FungiCLEF workdir (metadata_only
                  or the full system) or one of its step folders; writes Top-1/5/10, macro-F1, poison cost,
                  Top-K at every rank and expected-cost decisions before/after (config.evals.decisions.costs:
-                 100 x poisonous called edible, 1 x edible called poisonous, 1 x wrong species)
+                 100 x poisonous called edible, 1 x edible called poisonous, 1 x wrong species), also on
+                 probabilities calibrated by a temperature fitted on the run's own validation split
+                 (config.evals.decisions.calibrate: temperature | none)
   features       full system: a feature cache holding the CSV's images (matched by filename), made by the
                  run's tower; without it the images (image_root, default the Kaggle layout beside the CSV)
                  go through the run's tower
@@ -97,10 +99,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.evals.openset = ml_collections.ConfigDict(dict(num_unknown=arg.openset, seed=0, tpr=0.95))
     if arg.fungiclef:
         config.ks = (1, 5, 10)
+        # calibrate: "temperature" also decides on probabilities scaled by one temperature fitted
+        # on the run's own validation split (never on the evaluated CSV) | "none"
         config.evals.decisions = ml_collections.ConfigDict(dict(
-            costs=dict(poisonous_as_edible=100.0, edible_as_poisonous=1.0, wrong_species=1.0)))
+            costs=dict(poisonous_as_edible=100.0, edible_as_poisonous=1.0, wrong_species=1.0),
+            calibrate="temperature"))
     elif arg.poisonous:
+        # zero-shot: no validation split to fit a temperature on, so the rule reads the raw softmax
         config.evals.decisions = ml_collections.ConfigDict(dict(
             poisonous_classes=tuple(c for c in arg.poisonous.split("+") if c),
-            costs=dict(poisonous_as_edible=100.0, edible_as_poisonous=1.0, wrong_species=1.0)))
+            costs=dict(poisonous_as_edible=100.0, edible_as_poisonous=1.0, wrong_species=1.0),
+            calibrate="none"))
     return config

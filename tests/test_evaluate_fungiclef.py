@@ -114,6 +114,70 @@ def test_metadata_run_through_the_command_reproduces_its_summary(metadata_run, t
         assert prior[key] == pytest.approx(want["baselines"][f"metadata/{key}"], abs=1e-6), key
     assert set(prior["ranks"]) == set(ranks) and prior["decisions"]["argmax"]["accuracy"] == pytest.approx(prior["top1"])
     assert "expected_cost" in out.stdout and "genus" in out.stdout
+    # the rule on calibrated probabilities: a temperature fitted on the run's temporal hold-out,
+    # scored by the selection checkpoint (the refit trained on the hold-out)
+    cal = d["calibration"]
+    assert cal["method"] == "temperature" and cal["fitted_on"]["split"] == "val"
+    assert cal["fitted_on"]["checkpoint"].endswith(f"run/checkpoints/{want['selection']['selected_on_val']['step']}")
+    assert cal["fitted_on"]["num_observations"] > 0 and cal["fitted_on"]["left_out_as_in_evaluated_csv"] == 0
+    assert 0.01 <= cal["temperature"] <= 100 and cal["fit_nll_after"] <= cal["fit_nll_before"] + 1e-12
+    for key in ("ece_before", "ece_after", "nll_before", "nll_after"):
+        assert 0 <= cal[key] < 100, key
+    assert set(d["expected_cost_calibrated"]) == set(d["expected_cost"])
+    assert prior["decisions"]["calibration"]["method"] == "temperature"  # the prior gets its own temperature
+    assert prior["decisions"]["calibration"]["fitted_on"]["num_observations"] == cal["fitted_on"]["num_observations"]
+    assert "expected_cost_calibrated" in out.stdout and f"temperature {cal['temperature']:.3f}" in out.stdout
+
+
+def test_metadata_temperature_is_fitted_on_the_runs_hold_out_never_on_the_evaluated_csv(metadata_run, tmp_path,
+                                                                                         monkeypatch):
+    from fungizsl.evaluate import calibration
+    from fungizsl.train import fungiclef_data as fd
+
+    run, eval_csv = metadata_run / "run", metadata_run / "eval.csv"
+    train = fd.table_from_csv(str(metadata_run / "train.csv"))
+    _, held = fd.temporal_holdout(train, 2)
+    held_ids, eval_ids = train.observation_ids[held], fd.table_from_csv(str(eval_csv)).observation_ids
+    assert len(held_ids) >= 4 and not set(held_ids) & set(eval_ids)
+    fits = []
+    real_fit = calibration.fit_temperature
+    monkeypatch.setattr(calibration, "fit_temperature",
+                        lambda z, y, **kw: fits.append((np.asarray(z), np.asarray(y))) or real_fit(z, y, **kw))
+
+    # (a) the scores it fits on are those of the hold-out, by the selection checkpoint, and the fit
+    # (model and count prior: two fits) sees exactly the hold-out's labels, nothing of the CSV
+    scored = fe.score_metadata_run(fe.open_run(str(run)), str(eval_csv), show_progress=False)
+    assert list(scored.calibration.observation_ids) == list(held_ids)
+    assert "refit_all" not in scored.calibration.described["checkpoint"]
+    s = fe.observation_summary(scored, evaluate_config.get_config(f"fungiclef={eval_csv}"))
+    assert len(fits) == 2 and all(list(y) == list(train.labels[held]) for _, y in fits)
+    assert fits[0][0].shape == (len(held), 24) and s["decisions"]["calibration"]["fitted_on"]["num_observations"] == len(held)
+
+    # (b) an evaluated CSV that holds 3 of the hold-out's observations: they are left out of the fit
+    overlap = set(int(i) for i in held_ids[:3])
+    mixed = _write_csv(tmp_path / "mixed.csv", _rows(1, [2022]) +
+                       [r for r in _rows(0, [2019, 2020, 2021]) if r["observationID"] in overlap])
+    fits.clear()
+    fe.train_and_evaluate(evaluate_config.get_config(f"model={run},fungiclef={mixed}"), str(tmp_path / "mixed"))
+    fitted = json.loads((tmp_path / "mixed" / "summary.json").read_text())["decisions"]["calibration"]["fitted_on"]
+    assert fitted["num_observations"] == len(held) - 3 and fitted["left_out_as_in_evaluated_csv"] == 3
+    assert [len(y) for _, y in fits] == [len(held) - 3] * 2
+
+    # (c) the training CSV itself: nothing is left to fit on, so nothing calibrated is reported
+    fits.clear()
+    fe.train_and_evaluate(evaluate_config.get_config(f"model={run},fungiclef={metadata_run / 'train.csv'}"),
+                          str(tmp_path / "itself"))
+    d = json.loads((tmp_path / "itself" / "summary.json").read_text())["decisions"]
+    assert d["calibration"]["method"] == "none" and "left to fit on" in d["calibration"]["why"]
+    assert "expected_cost_calibrated" not in d and fits == []
+
+    # (d) calibrate="none": the hold-out is not even scored
+    config = evaluate_config.get_config(f"model={run},fungiclef={eval_csv}")
+    config.evals.decisions.calibrate = "none"
+    fe.train_and_evaluate(config, str(tmp_path / "none"))
+    d = json.loads((tmp_path / "none" / "summary.json").read_text())["decisions"]
+    assert d["calibration"] == {"method": "none", "why": "config.evals.decisions.calibrate is 'none'"}
+    assert "expected_cost_calibrated" not in d and fits == []
 
 
 def test_metadata_selection_checkpoint_reproduces_the_numbers_before_the_refit(metadata_run, tmp_path):
@@ -160,6 +224,22 @@ def test_hand_checked_summary_numbers():
     # genus by summing species probabilities: every observation's genus is right
     assert s["ranks"]["genus"]["top1"] == 1.0 and s["ranks"]["species"]["top1"] == pytest.approx(0.75)
     assert s["ranks"]["genus"]["num_groups"] == 2
+
+    # no validation scores given: nothing calibrated, and the summary says why
+    assert s["decisions"]["calibration"]["method"] == "none" and "expected_cost_calibrated" not in s["decisions"]
+    # validation scores: (6, 0, 0) x 10 with truths 0 x 8, 1, 2 (T = 6 / ln 8, see test_eval_modes),
+    # plus one observation that is also evaluated (id 3, obs D) with a contrary label: left out
+    val_logits = np.log(np.maximum(np.asarray([[[0.0, 1.0, 0.0]]]), 1e-12))
+    val_logits = np.concatenate([np.asarray([[[6.0, 0.0, 0.0]]] * 10), val_logits])
+    scored.calibration = fe.CalibrationScores(val_logits, np.ones((11, 1), bool), np.asarray([0] * 8 + [1, 2, 0]),
+                                              np.asarray(list(range(100, 110)) + [3]), {"split": "val"})
+    c = fe.observation_summary(scored, evaluate_config.get_config("fungiclef=x.csv"))["decisions"]
+    assert c["calibration"]["temperature"] == pytest.approx(6 / np.log(8), rel=1e-6)
+    assert c["calibration"]["fitted_on"] == {"split": "val", "num_observations": 10, "left_out_as_in_evaluated_csv": 1,
+                                             "left_out_unlabelled_or_unknown_class": 0}
+    assert c["argmax"] == s["decisions"]["argmax"] and c["expected_cost"] == s["decisions"]["expected_cost"]
+    assert set(c["expected_cost_calibrated"]) == set(c["expected_cost"]) and "ece_after" in c["calibration"]
+    scored.calibration = None
 
     # a label the model has no output for (class 3, poisonous per the evaluated CSV) is never
     # predicted; its flag comes from the CSV, and the summary says so
@@ -252,6 +332,15 @@ def test_full_run_from_its_cache_and_from_images_reproduces_its_test_numbers(ful
     assert cached["decisions"]["argmax"]["poison_cost"] == pytest.approx(cached["poison_cost"], abs=1e-6)
     assert cached["ranks"] == from_images["ranks"] and cached["decisions"] == from_images["decisions"]
     assert cached["baselines"]["metadata_prior"]["top5"] == pytest.approx(want["baselines"]["metadata/top5"], abs=1e-6)
+    # the temperature is fitted on the val split of the run's cache, scored by the evaluated checkpoint
+    from fungizsl.fungiclef import features as feat_lib
+
+    val_obs = set(feat_lib.load_split(run / "features", "val")["observation_id"].tolist())
+    cal = cached["decisions"]["calibration"]
+    assert cal["method"] == "temperature" and cal["fitted_on"]["split"] == "val"
+    assert cal["fitted_on"]["num_observations"] == len(val_obs) and cal["fitted_on"]["left_out_as_in_evaluated_csv"] == 0
+    assert cal["fitted_on"]["checkpoint"] == cached["model"]["checkpoint"]
+    assert set(cached["decisions"]["expected_cost_calibrated"]) == set(cached["decisions"]["argmax"])
 
 
 def test_full_run_errors(full_run, tmp_path):

@@ -33,7 +33,14 @@ Writes DIR/summary.json (process 0) and nothing else: Top-1/5/10, macro-F1 and p
 observation (evaluator `fungiclef_observations`), Top-K at every rank (`evaluate/taxonomy.py`;
 lineages from the training data and the CSV's taxonomy columns), and argmax vs expected-cost
 decisions (`evaluate/decisions.py`, costs from `config.evals.decisions.costs`), with the model,
-checkpoint and data used. Poisonous flags per class are the training data's; a class that the
+checkpoint and data used. With `config.evals.decisions.calibrate = "temperature"` (the default)
+the expected-cost rule is also scored on probabilities divided by one temperature
+(`evaluate/calibration.py`) fitted on the run's own validation split, never on the evaluated CSV:
+  * metadata_only: the temporal hold-out of the training CSV that selected the checkpoint, scored
+    by the selection checkpoint (trained without it); a refit on every training observation has
+    seen the hold-out, so it takes the temperature of its selection checkpoint;
+  * full: the `val` split of the run's feature cache, scored by the evaluated checkpoint.
+  Hold-out observations that also appear in the evaluated CSV are left out of the fit. Poisonous flags per class are the training data's; a class that the
 training data lacks takes the evaluated CSV's flag (the summary counts such classes).
 """
 
@@ -53,6 +60,7 @@ from etils import epath
 
 from fungizsl import workdir as workdir_lib
 from fungizsl.errors import ConfigError
+from fungizsl.evaluate import calibration as calibration_lib
 from fungizsl.evaluate import make_evaluator, metrics_io, observations
 from fungizsl.evaluate import taxonomy as taxonomy_lib
 
@@ -271,9 +279,70 @@ class Scored:
     data: dict[str, Any]  # what was read
     # per-observation scores [N_obs, C] of baselines, e.g. the run's count prior alone
     baselines: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    calibration: "CalibrationScores | None" = None  # the run's validation scores, for the temperature
+    calibration_missing: str = ""  # why there are none (when calibration was asked for)
 
 
-def score_metadata_run(run: FungiClefRun, csv_path: str, train_csv: str = "", show_progress: bool = True) -> Scored:
+@dataclasses.dataclass
+class CalibrationScores:
+    """Scores of the run's own validation split (never the evaluated CSV), shaped like `Scored`'s,
+    on which the decisions' temperature is fitted."""
+
+    logits: np.ndarray  # [M_obs, G, C]
+    image_mask: np.ndarray  # [M_obs, G]
+    labels: np.ndarray  # [M_obs]
+    observation_ids: np.ndarray  # [M_obs]
+    described: dict[str, Any]  # split, what it is, the checkpoint that scored it
+    baselines: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # [M_obs, C]
+
+
+def _selection_step(root: epath.Path) -> int | None:
+    """The step a metadata_only run selected on its temporal hold-out (before any refit)."""
+    path = root / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    selection = json.loads(path.read_text()).get("selection", {})
+    step = selection.get("selected_on_val", selection).get("step")
+    return None if step is None else int(step)
+
+
+def metadata_calibration_scores(run: FungiClefRun, splits, params, train_table, eval_table,
+                                show_progress: bool) -> tuple[CalibrationScores | None, str]:
+    """(scores of the run's temporal hold-out, "") or (None, why not). The scored checkpoint itself
+    when it was trained without the hold-out; for a refit, the selection checkpoint, rebuilt with
+    the vocabulary and prior of its own training part."""
+    from fungizsl.train import checkpoint
+    from fungizsl.train import fungiclef as trainer
+
+    config, ckpt = run.config, run.checkpoint
+    if run.trained_on_all:
+        step = _selection_step(run.root)
+        ckpt = run.root / "checkpoints" / str(step)
+        if step is None or not (ckpt / "state").is_dir():
+            return None, (f"the refit has seen the temporal hold-out and the selection checkpoint ({ckpt}) that "
+                          f"was trained without it is not there to score it")
+        config = _read_config(run.root) or run.config
+        splits = trainer.build_metadata_splits(config, train_table, eval_table, show_progress,
+                                               train_on_all=False, num_classes=splits.num_classes)
+        params = checkpoint.load_params(ckpt)
+    val = splits.tables["val"]
+    if not len(val):
+        return None, "the run's temporal hold-out is empty"
+    model = trainer.make_metadata_model(config, splits)
+    logits = trainer.MetadataEvaluation(config, model, splits, None).logits(params, "val")
+    prior = splits.arrays["val"].get("prior")
+    described = {"split": "val", "what": f"temporal hold-out of the training CSV (its latest "
+                 f"{config.data.holdout_years} years), not trained on by the checkpoint that scores it",
+                 "checkpoint": str(ckpt)}
+    if run.trained_on_all:
+        described["note"] = ("the refit trained on the hold-out, so the temperature is fitted with the selection "
+                             "checkpoint and applied to the refit")
+    return CalibrationScores(logits[:, None], np.ones((len(logits), 1), bool), val.labels, val.observation_ids,
+                             described, {} if prior is None else {METADATA_PRIOR: prior}), ""
+
+
+def score_metadata_run(run: FungiClefRun, csv_path: str, train_csv: str = "", show_progress: bool = True,
+                       calibrate: bool = True) -> Scored:
     from fungizsl.train import checkpoint
     from fungizsl.train import fungiclef as trainer
     from fungizsl.train import fungiclef_data as fd
@@ -291,9 +360,12 @@ def score_metadata_run(run: FungiClefRun, csv_path: str, train_csv: str = "", sh
     model = trainer.make_metadata_model(run.config, splits)
     logits = trainer.MetadataEvaluation(run.config, model, splits, None).logits(params, "test")
     prior = splits.arrays["test"].get("prior")
+    cal, missing = (metadata_calibration_scores(run, splits, params, train_table, eval_table, show_progress)
+                    if calibrate else (None, ""))
     return Scored(logits[:, None], np.ones((len(logits), 1), bool), eval_table.labels, eval_table.observation_ids,
                   eval_table.records, train_table.records, train_table.labels, splits.poisonous, len(rows),
-                  {"csv": csv_path, "train_csv": train_csv}, {} if prior is None else {METADATA_PRIOR: prior})
+                  {"csv": csv_path, "train_csv": train_csv}, {} if prior is None else {METADATA_PRIOR: prior},
+                  cal, missing)
 
 
 def _run_features(run: FungiClefRun, override: str = "") -> epath.Path:
@@ -359,7 +431,8 @@ def _features_for_rows(rows, csv_path, run: FungiClefRun, run_cache: epath.Path,
 
 
 def score_full_run(run: FungiClefRun, csv_path: str, features: str = "", features_split: str = "",
-                   image_root: str = "", run_features: str = "", show_progress: bool = True) -> Scored:
+                   image_root: str = "", run_features: str = "", show_progress: bool = True,
+                   calibrate: bool = True) -> Scored:
     import jax.numpy as jnp
 
     from fungizsl.fungiclef import features as feat_lib
@@ -372,18 +445,29 @@ def score_full_run(run: FungiClefRun, csv_path: str, features: str = "", feature
     evaluated, described = _features_for_rows(rows, csv_path, run, run_cache, features, features_split, image_root,
                                               show_progress)
     params = checkpoint.load_params(run.checkpoint)
-    data = full.data_from_splits(config, {"train": feat_lib.load_split(run_cache, "train"), "eval": evaluated},
-                                 show_progress, num_classes=_num_classes(params))
+    loaded = {"train": feat_lib.load_split(run_cache, "train"), "eval": evaluated}
+    has_val = "val" in json.loads((run_cache / feat_lib.INFO_FILE).read_text())["splits"]
+    if calibrate and has_val:  # the run's own validation split: where the temperature is fitted
+        loaded["run_val"] = feat_lib.load_split(run_cache, "val")
+    data = full.data_from_splits(config, loaded, show_progress, num_classes=_num_classes(params))
     if run.stage1_checkpoint is not None:
         stage1 = full.stage1_model(config, data)
         apply = jax.jit(lambda p, x: stage1.apply({"params": p}, x.astype(jnp.float32))["embedding"])
         full.stage1_prototype_scores(apply, checkpoint.load_params(run.stage1_checkpoint), data)
     scorer = full.Stage2Scorer(config, full.stage2_model(config, data), data)
     ev, train = data.splits["eval"], data.splits["train"]
+    cal, missing = None, "" if not calibrate else f"the run's feature cache {run_cache} has no val split"
+    if "run_val" in data.splits:
+        val = data.splits["run_val"]
+        cal = CalibrationScores(scorer.obs_logits(params, "run_val"), val.groups >= 0, val.obs_labels, val.obs_ids,
+                                {"split": "val", "what": "the val split of the run's feature cache (the split "
+                                 "that selected its checkpoints)", "checkpoint": str(run.checkpoint),
+                                 "features": str(run_cache)}, {METADATA_PRIOR: val.inputs["prior"]})
+        missing = ""
     return Scored(scorer.obs_logits(params, "eval"), ev.groups >= 0, ev.obs_labels, ev.obs_ids, ev.records,
                   train.records, train.obs_labels, data.poisonous, len(rows),
                   dict(described, csv=csv_path, run_features=str(run_cache), tower=data.tower),
-                  {METADATA_PRIOR: ev.inputs["prior"]})
+                  {METADATA_PRIOR: ev.inputs["prior"]}, cal, missing)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -426,10 +510,18 @@ def _pad_classes(logits: np.ndarray, num_classes: int) -> np.ndarray:
     return np.concatenate([logits, np.full(logits.shape[:-1] + (missing,), -1e9, logits.dtype)], -1)
 
 
-def scores_summary(logits, image_mask, labels, poisonous, taxonomy, config, pooling: str = "mean") -> dict:
+def calibrate_method(config) -> str:
+    return (config.get("evals", {}) or {}).get("decisions", {}).get("calibrate", "temperature") or "none"
+
+
+def scores_summary(logits, image_mask, labels, poisonous, taxonomy, config, pooling: str = "mean",
+                   calibration: tuple[np.ndarray, np.ndarray] | None = None,
+                   calibration_info: dict | None = None) -> dict:
     """Top-K, macro-F1, poison cost (`fungiclef_observations`), Top-K at every rank (`taxonomy`) and
     argmax vs expected-cost decisions (`decisions`) of image logits [N_obs, G, C] of labelled
-    observations; `poisonous` bool [C]."""
+    observations; `poisonous` bool [C]. `calibration` (observation log-scores [M, C], labels [M]
+    of held-out data, never these observations) adds the rule on temperature-scaled probabilities;
+    `calibration_info` (where they come from) goes into `decisions["calibration"]`."""
     ev = config.get("evals", {}) or {}
     ks = tuple(config.get("ks", (1, 5, 10)))
     headline = dict(make_evaluator("fungiclef_observations", dict(ks=ks, pooling=pooling, compare_pooling=False)).run(
@@ -440,9 +532,11 @@ def scores_summary(logits, image_mask, labels, poisonous, taxonomy, config, pool
                                                                     taxonomy=taxonomy):
         rank, metric = name.split("/", 1)
         ranks.setdefault(rank, {})["num_observations" if metric == "num_images" else metric] = value
-    decide = make_evaluator("decisions", dict(costs=dict(ev.get("decisions", {}).get("costs", {}) or {})))
-    decisions: dict[str, Any] = {"costs": dict(decide.costs)}
-    for name, value in decide.run(logits=log_probs, image_labels=labels, poisonous=poisonous):
+    decide = make_evaluator("decisions", dict(costs=dict(ev.get("decisions", {}).get("costs", {}) or {}),
+                                              calibrate=calibrate_method(config)))
+    decisions: dict[str, Any] = {"costs": dict(decide.costs), "calibration": dict(calibration_info or {})}
+    fit = dict(calibration_logits=calibration[0], calibration_labels=calibration[1]) if calibration else {}
+    for name, value in decide.run(logits=log_probs, image_labels=labels, poisonous=poisonous, **fit):
         rule, _, metric = name.partition("/")
         if metric:
             decisions.setdefault(rule, {})[metric] = value
@@ -451,6 +545,25 @@ def scores_summary(logits, image_mask, labels, poisonous, taxonomy, config, pool
     summary = {k: headline[k] for k in [f"top{k}" for k in ks] + ["macro_f1", "poison_cost", "num_observations"]}
     summary.update(ranks=ranks, decisions=decisions)
     return summary
+
+
+def calibration_fit_set(scored: Scored, model_classes: int) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """(bool mask over `scored.calibration`'s observations the temperature may be fitted on, or None;
+    description for the summary). Observations that the evaluated CSV also holds are left out, as are
+    unlabelled ones and ones of classes the model has no output for."""
+    cal = scored.calibration
+    if cal is None:
+        return None, {"method": "none", "why": scored.calibration_missing or "no validation scores of the run were given"}
+    in_evaluated = np.isin(cal.observation_ids, scored.observation_ids)
+    usable = (cal.labels >= 0) & (cal.labels < model_classes)
+    keep = usable & ~in_evaluated
+    info = dict(method="temperature", fitted_on=dict(cal.described, num_observations=int(keep.sum()),
+                left_out_as_in_evaluated_csv=int((usable & in_evaluated).sum()),
+                left_out_unlabelled_or_unknown_class=int((~usable).sum())))
+    if not keep.any():
+        return None, dict(info, method="none", why=f"no observation of the run's {cal.described['split']} split is "
+                          f"left to fit on once those in the evaluated CSV are left out")
+    return keep, info
 
 
 def observation_summary(scored: Scored, config, pooling: str = "mean") -> dict[str, Any]:
@@ -465,14 +578,26 @@ def observation_summary(scored: Scored, config, pooling: str = "mean") -> dict[s
     poisonous, flag_counts = poisonous_flags(scored, num_classes)
     taxonomy = class_taxonomy(list(zip(scored.train_records, scored.train_labels)) +
                               list(zip(scored.records, scored.labels)), num_classes)
+    fit, cal_info = calibration_fit_set(scored, model_classes) if calibrate_method(config) != "none" else \
+        (None, {"method": "none", "why": "config.evals.decisions.calibrate is 'none'"})
+    cal, cal_baselines = None, {}
+    if fit is not None:
+        c = scored.calibration
+        cal = (observations.pool_observations(_pad_classes(c.logits[fit], num_classes), c.image_mask[fit], pooling),
+               c.labels[fit])
+        cal_baselines = {name: (calibration_lib.log_softmax(_pad_classes(np.asarray(x)[fit], num_classes)), c.labels[fit])
+                         for name, x in c.baselines.items()}
     summary = scores_summary(_pad_classes(scored.logits[labelled], num_classes), scored.image_mask[labelled],
-                             labels, poisonous, taxonomy, config, pooling)
+                             labels, poisonous, taxonomy, config, pooling, cal, cal_info)
     summary.update(pooling=pooling, poisonous_flags=flag_counts,
                    observations_of_classes_the_model_lacks=int((labels >= model_classes).sum()))
     if scored.baselines:
         summary["baselines"] = {
             name: scores_summary(_pad_classes(np.asarray(x)[labelled][:, None], num_classes),
-                                 np.ones((len(labels), 1), bool), labels, poisonous, taxonomy, config)
+                                 np.ones((len(labels), 1), bool), labels, poisonous, taxonomy, config,
+                                 calibration=cal_baselines.get(name),
+                                 calibration_info=cal_info if name in cal_baselines else
+                                 {"method": "none", "why": cal_info.get("why", "no validation scores of this baseline")})
             for name, x in scored.baselines.items()}
     return summary
 
@@ -495,10 +620,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         if d.get("features"):
             raise ConfigError(f"model {run.spec} is a metadata-only run: it reads no image features "
                               f"(drop features={d.features})")
-        scored = score_metadata_run(run, d.fungiclef_csv, d.get("train_csv", ""), show)
+        scored = score_metadata_run(run, d.fungiclef_csv, d.get("train_csv", ""), show,
+                                    calibrate=calibrate_method(config) != "none")
     else:
         scored = score_full_run(run, d.fungiclef_csv, d.get("features", ""), d.get("features_split", ""),
-                                d.get("image_root", ""), d.get("run_features", ""), show)
+                                d.get("image_root", ""), d.get("run_features", ""), show,
+                                calibrate=calibrate_method(config) != "none")
     summary = observation_summary(scored, config, run.config.evals.fungiclef.get("pooling", "mean"))
     summary["model"] = run.describe()
     summary["data"] = dict(scored.data, num_images=scored.num_images, num_observations_in_csv=len(scored.labels),
@@ -522,7 +649,16 @@ def format_table(summary: dict) -> str:
                                              if s.get(k) is not None))
         lines.append("  top1/top5 by rank: " + ", ".join(
             f"{rank} {m['top1']:.3f}/{m.get('top5', float('nan')):.3f}" for rank, m in s["ranks"].items() if "top1" in m))
-        for rule in ("argmax", "expected_cost"):
+        cal = s["decisions"]["calibration"]
+        if "temperature" in cal:
+            lines.append(f"  calibration: temperature {cal['temperature']:.3f} fitted on {cal['fitted_on']['split']} "
+                         f"({cal['fitted_on']['num_observations']} observations); ECE on the evaluated CSV "
+                         f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
+        else:
+            lines.append(f"  calibration: none ({cal.get('why', '')})")
+        for rule in ("argmax", "expected_cost", "expected_cost_calibrated"):
+            if rule not in s["decisions"]:
+                continue
             r = s["decisions"][rule]
             lines.append(f"  {rule + ':':14s} accuracy {r['accuracy']:.4f}, poison cost {r['poison_cost']:.4f} "
                          f"({r['poisonous_as_edible']} poisonous called edible, {r['edible_as_poisonous']} edible "
