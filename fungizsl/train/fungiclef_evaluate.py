@@ -592,11 +592,13 @@ def observation_summary(scored: Scored, config, pooling: str = "mean") -> dict[s
     summary.update(pooling=pooling, poisonous_flags=flag_counts,
                    observations_of_classes_the_model_lacks=int((labels >= model_classes).sum()))
     if scored.baselines:
+        # a baseline's temperature is fitted on its own scores of the same observations (no checkpoint)
+        fitted_on = {k: v for k, v in cal_info.get("fitted_on", {}).items() if k not in ("checkpoint", "note")}
         summary["baselines"] = {
             name: scores_summary(_pad_classes(np.asarray(x)[labelled][:, None], num_classes),
                                  np.ones((len(labels), 1), bool), labels, poisonous, taxonomy, config,
                                  calibration=cal_baselines.get(name),
-                                 calibration_info=cal_info if name in cal_baselines else
+                                 calibration_info=dict(cal_info, fitted_on=fitted_on) if name in cal_baselines else
                                  {"method": "none", "why": cal_info.get("why", "no validation scores of this baseline")})
             for name, x in scored.baselines.items()}
     return summary
