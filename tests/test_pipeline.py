@@ -482,3 +482,27 @@ def test_augment_overrides_come_through_a_config_dict():
     spec = ml_collections.ConfigDict(dict(preset="microscopy", crop_scale=(0.8, 1.0)))
     got = augment.get_augment(spec)
     assert got.crop_scale == (0.8, 1.0) and got.rot90 and got.vflip == 0.5
+
+
+def test_whole_field_augmentation_only_flips_rotates_and_recolours():
+    """`microscopy_whole_field` (scene captions): without colour jitter the result is exactly one of
+    the eight flips/quarter turns of the whole image, never a crop or a resample of it."""
+    import dataclasses
+
+    from PIL import Image
+
+    from fungizsl.data import augment
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    norm = augment.get_normalization("clip")
+    config = dataclasses.replace(augment.get_augment("microscopy_whole_field"), jitter_prob=0.0)
+    plain = augment.normalize(pixels, norm)
+    views = [np.rot90(v, k) for v in (plain, plain[:, ::-1]) for k in range(4)]
+    seen = set()
+    for seed in range(40):
+        out = augment.augment_image(Image.fromarray(pixels), np.random.default_rng(seed), config, 32, norm)
+        matches = [i for i, v in enumerate(views) if np.allclose(out, v, atol=1e-6)]
+        assert matches, f"seed {seed}: not a flip/rotation of the whole image"
+        seen.add(matches[0])
+    assert len(seen) >= 6  # the flips and turns do vary

@@ -23,8 +23,9 @@ Evaluation transform (:func:`eval_image`): CLIP's preprocessing, i.e. the centra
 
 Presets (:data:`AUGMENT_PRESETS`): ``"natural"`` for photographs (FungiCLEF), ``"microscopy"`` for
 micrographs and the synthetic growth stages (vertical flips and rotations, no hue change: the
-paper preset of :mod:`fungizsl.data.synthetic` encodes the class in the colour), ``"none"`` for the
-deterministic evaluation transform.
+paper preset of :mod:`fungizsl.data.synthetic` encodes the class in the colour),
+``"microscopy_whole_field"`` (the same without the crop, for captions of the whole image), ``"none"``
+for the deterministic evaluation transform.
 """
 
 from __future__ import annotations
@@ -195,6 +196,10 @@ class AugmentConfig:
 AUGMENT_PRESETS: dict[str, AugmentConfig | None] = {
     "natural": AugmentConfig(),
     "microscopy": AugmentConfig(crop_scale=(0.35, 1.0), vflip=0.5, rot90=True, hue=0.0),
+    # The whole field of view, for captions that describe the whole image (FungalZSL's `scene`
+    # captions count spores, name the density and where colonies sit): flips, rotations and colour
+    # jitter, but no crop, which would leave the caption describing what is no longer in view.
+    "microscopy_whole_field": AugmentConfig(crop_scale=(1.0, 1.0), vflip=0.5, rot90=True, hue=0.0),
     "none": None,
 }
 
@@ -277,6 +282,8 @@ def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
     ratio is clamped into ``ratio`` (torchvision's RandomResizedCrop rule)."""
     area = float(width * height)
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    if scale[0] >= 1.0:  # the whole image: every attempt would miss (unless the ratio draws 1 exactly)
+        attempts = 0
     for _ in range(attempts):
         target = area * rng.uniform(scale[0], scale[1])
         aspect = math.exp(rng.uniform(*log_ratio))
@@ -379,7 +386,10 @@ def augment_image(image: Image.Image, rng: np.random.Generator, config: AugmentC
                   norm: Normalization) -> np.ndarray:
     """Training transform of one RGB PIL image -> float32 [size, size, 3]."""
     box = random_resized_crop_box(rng, image.width, image.height, config.crop_scale, config.crop_ratio)
-    crop = image.resize((size, size), _RESAMPLE[config.interpolation], box=box)
+    if box == (0.0, 0.0, float(size), float(size)) and image.size == (size, size):
+        crop = image  # the whole image at its own size: nothing to resample
+    else:
+        crop = image.resize((size, size), _RESAMPLE[config.interpolation], box=box)
     crop = flip_and_rotate(crop, rng, config)
     mean_rgb = ImageStat.Stat(crop).mean if config.has_jitter and config.contrast else np.zeros(3)
     affine = colour_jitter_affine(rng, config, mean_rgb)
