@@ -146,3 +146,20 @@ def test_resnet_run_its_open_clip_export_and_checkpoint_agree(class_folder, tmp_
     np.testing.assert_allclose(export.encode_images(pixels), checkpoint.encode_images(pixels), atol=1e-5)
     texts = ["round spores", "branching hyphae"]
     np.testing.assert_allclose(export.encode_texts(texts), checkpoint.encode_texts(texts), atol=1e-5)
+
+
+def test_run_folder_evaluates_the_checkpoint_its_summary_selected(tiny_run, tmp_path):
+    """A workdir means the model the run reported (chosen on val), not merely its newest step."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.copytree(run / "checkpoints" / "4", run / "checkpoints" / "8")  # a newer step on disk
+    summary = json.loads((run / "summary.json").read_text())
+    summary["selection"] = dict(summary.get("selection") or {}, step=4)
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert evaluate_only.selected_step_folder(run) == run / "checkpoints" / "4"
+    assert evaluate_only.load_model(str(run)).step == 4
+    (run / "summary.json").unlink()  # no summary: the newest step
+    assert evaluate_only.selected_step_folder(run) == run
+    assert evaluate_only.load_model(str(run)).step == 8

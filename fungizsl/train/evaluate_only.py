@@ -8,7 +8,8 @@ Models (`config.models`, or `model=A;B` in the config argument):
   * an open_clip folder (`open_clip_config.json` + weights: BioCLIP, OpenAI's RN50, or the
     `open_clip_export/` folder a fungizsl ResNet run such as `./launch/local.sh` writes); its
     tokenizer files, else CLIP's BPE vocabulary from the open_clip package;
-  * a fungizsl training workdir (its newest checkpoint) or one step folder
+  * a fungizsl training workdir (the checkpoint its summary.json reports, i.e. the one chosen on
+    val, else its newest) or one step folder
     `<workdir>/checkpoints/<step>`: the model is rebuilt from the run's `fungizsl_config.json`
     and tokenizer, as `config.model.init=<run>` does for training.
 Data (`config.data.kind`):
@@ -81,6 +82,7 @@ class LoadedModel:
     encode_images: Callable[[np.ndarray], np.ndarray]
     encode_texts: Callable[[Sequence[str]], np.ndarray]
     normalization: str = "clip"
+    step: int | None = None  # the checkpoint step of a fungizsl run (its val-selected one by default)
 
 
 def _is_hf_folder(path: epath.Path) -> bool:
@@ -157,7 +159,12 @@ def load_model(spec: str, batch_size: int = 32) -> LoadedModel:
         module, variables, tokenizer = load_run(path)
         root = _run_root(path)
         name = root.name if path == root else f"{root.name}@{path.name}"
-        return _wrap(module, variables, tokenizer, name, spec, "fungizsl_run", batch_size)
+        loaded = _wrap(module, variables, tokenizer, name, spec, "fungizsl_run", batch_size)
+        chosen = selected_step_folder(path)
+        steps = [int(p.name) for p in (root / "checkpoints").iterdir() if p.name.isdigit()] \
+            if (root / "checkpoints").is_dir() else []
+        loaded.step = int(chosen.name) if chosen.name.isdigit() else max(steps, default=None)
+        return loaded
     for export in ("hf_export", "open_clip_export"):
         if (path / export).is_dir():
             return load_model(os.fspath(path / export), batch_size)
@@ -205,9 +212,19 @@ def load_run(path: epath.Path):
             text=dc.replace(clip.text, vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
                             context_length=tokenizer.context_length))
         module = two_towers.ClipModel(clip)
-    variables = checkpoint.load_variables(os.fspath(path))
+    variables = checkpoint.load_variables(os.fspath(selected_step_folder(path)))
     variables["params"] = two_towers_params(variables["params"])
     return module, variables, tokenizer
+
+
+def selected_step_folder(path: epath.Path) -> epath.Path:
+    """A step folder as given; for a run folder, the checkpoint its summary.json reports (the one
+    chosen on val, `selection.step`) when that step is still on disk, else the latest step."""
+    if (path / "state").is_dir() or not (path / "summary.json").is_file():
+        return path
+    step = (json.loads((path / "summary.json").read_text()).get("selection") or {}).get("step")
+    folder = path / "checkpoints" / str(step)
+    return folder if step is not None and (folder / "state").is_dir() else path
 
 
 def pool_at_tokenizer_eot(module, tokenizer):
@@ -465,7 +482,8 @@ def evaluate_model(config, model: LoadedModel, images: ImageSet, plot_path=None)
             first_logits, first_source = logits, by_class
     main = results[f"zeroshot/{_source_label(sources[0])}"]
     summary: dict[str, Any] = {
-        "model": {"name": model.name, "source": model.source, "kind": model.kind, "image_size": model.image_size},
+        "model": {"name": model.name, "source": model.source, "kind": model.kind, "image_size": model.image_size,
+                  **({"step": model.step} if model.step is not None else {})},
         "data": {"source": images.describe, "class_names": names},
         "prompts": sources,
         "zeroshot_accuracy": main["accuracy"],
