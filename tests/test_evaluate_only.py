@@ -161,5 +161,5 @@ def test_run_folder_evaluates_the_checkpoint_its_summary_selected(tiny_run, tmp_
     assert evaluate_only.selected_step_folder(run) == run / "checkpoints" / "4"
     assert evaluate_only.load_model(str(run)).step == 4
     (run / "summary.json").unlink()  # no summary: the newest step
-    assert evaluate_only.selected_step_folder(run) == run
+    assert evaluate_only.selected_step_folder(run) == run / "checkpoints" / "8"
     assert evaluate_only.load_model(str(run)).step == 8

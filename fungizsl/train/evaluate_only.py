@@ -130,7 +130,6 @@ def _wrap(module, variables, tokenizer, name, source, kind, batch_size) -> Loade
 def load_model(spec: str, batch_size: int = 32) -> LoadedModel:
     """Loads a Hugging Face CLIP folder or a fungizsl run/step folder (see the module doc)."""
     from fungizsl import tokenizers, weights
-    from fungizsl.models import two_towers
 
     path = epath.Path(spec)
     name = path.name if path.name not in ("hf_export", "") else f"{path.parent.name}-hf"
@@ -161,9 +160,7 @@ def load_model(spec: str, batch_size: int = 32) -> LoadedModel:
         name = root.name if path == root else f"{root.name}@{path.name}"
         loaded = _wrap(module, variables, tokenizer, name, spec, "fungizsl_run", batch_size)
         chosen = selected_step_folder(path)
-        steps = [int(p.name) for p in (root / "checkpoints").iterdir() if p.name.isdigit()] \
-            if (root / "checkpoints").is_dir() else []
-        loaded.step = int(chosen.name) if chosen.name.isdigit() else max(steps, default=None)
+        loaded.step = int(chosen.name) if chosen.name.isdigit() else None
         return loaded
     for export in ("hf_export", "open_clip_export"):
         if (path / export).is_dir():
@@ -218,13 +215,18 @@ def load_run(path: epath.Path):
 
 
 def selected_step_folder(path: epath.Path) -> epath.Path:
-    """A step folder as given; for a run folder, the checkpoint its summary.json reports (the one
-    chosen on val, `selection.step`) when that step is still on disk, else the latest step."""
-    if (path / "state").is_dir() or not (path / "summary.json").is_file():
+    """The checkpoint step folder to evaluate: a step folder as given; for a run folder, the step
+    its summary.json reports (`selection.step`, the one chosen on val) when it is still on disk,
+    else the newest step. A folder with no steps comes back as it is (the loader names the error)."""
+    if (path / "state").is_dir() or not (path / "checkpoints").is_dir():
         return path
-    step = (json.loads((path / "summary.json").read_text()).get("selection") or {}).get("step")
-    folder = path / "checkpoints" / str(step)
-    return folder if step is not None and (folder / "state").is_dir() else path
+    steps = sorted(int(p.name) for p in (path / "checkpoints").iterdir()
+                   if p.name.isdigit() and (p / "state").is_dir())
+    selected = None
+    if (path / "summary.json").is_file():
+        selected = (json.loads((path / "summary.json").read_text()).get("selection") or {}).get("step")
+    step = selected if selected in steps else (steps[-1] if steps else None)
+    return path if step is None else path / "checkpoints" / str(step)
 
 
 def pool_at_tokenizer_eot(module, tokenizer):
