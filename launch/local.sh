@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job, on one machine (2 CPU cores are enough, about 7 minutes once installed, 9 with the install):
+# The main job, on one machine (2 CPU cores are enough, about 8 minutes once installed, 9 with the install):
 # renders the synthetic growth-stage dataset into TFDS array_record shards, trains a small CLIP
-# from scratch (the CPU-sized CLIP ResNet tower at 96 px, class-aware L_image + L_text on
+# from scratch (a plain CPU-sized conv image tower at 96 px, class-aware L_image + L_text on
 # per-image scene captions; configs/fungalzsl.py says why), evaluates zero-shot accuracy and
 # Recall@K on the held-out test split and zero-shot on shifted renders (paper preset, grayscale,
 # other magnifications and sizes), and writes $WORKDIR/summary.json and confusion_matrix.png.
@@ -19,7 +19,7 @@ source launch/setup_env.sh  # .venv with the package only: the main job needs no
 
 WORKDIR=${WORKDIR:-workdir/fungalzsl-local}
 TFDS_DIR=${TFDS_DIR:-workdir/tfds}
-SIZE=${SIZE:-96}  # configs/fungalzsl.py RUNLOCAL_RN_TINY_SIZE
+SIZE=${SIZE:-96}  # configs/fungalzsl.py RUNLOCAL_CPU_SIZE
 DATASET=local_realistic_${SIZE}
 
 echo "== 1/2 rendering the synthetic growth stages (1,600 / 200 / 200 images per class, ${SIZE} px)"
@@ -27,7 +27,7 @@ fungizsl build fungal_growth_stages --config realistic_224 --size "$SIZE" --name
   --data-dir "$TFDS_DIR" --workers 2
 
 echo "== 2/2 training and evaluating a small CLIP from scratch (workdir: $WORKDIR)"
-python -m fungizsl.main --config="configs/fungalzsl.py:arch=rn_tiny,runlocal" --workdir="$WORKDIR" \
+python -m fungizsl.main --config="configs/fungalzsl.py:arch=cnn_tiny,runlocal" --workdir="$WORKDIR" \
   --config.data.kind=tfds --config.data.tfds_dir="$TFDS_DIR" --config.data.tfds_config="$DATASET" \
   --config.data.image_size="$SIZE" "$@"
 
@@ -35,6 +35,8 @@ cat <<MSG
 
 Wrote $WORKDIR/summary.json and $WORKDIR/confusion_matrix.png (TensorBoard: $WORKDIR/tb).
 Next steps:
+  * evaluate the trained model on your own class folders:
+      python -m fungizsl.main --config=configs/evaluate.py:model=$WORKDIR,images=DIR --workdir=runs/eval
   * full-size configs (on accelerators): python -m fungizsl.main --workdir=DIR \\
       --config=configs/fungalzsl.py:arch=b32    (also b16, l14, l14_336; see README "Training")
   * start from a downloaded CLIP folder (config.json + model.safetensors + tokenizer files):

@@ -60,9 +60,12 @@ def test_fungalzsl_default_captions_are_per_image_scenes_with_heldout_prompts():
         assert config.data.captions == "scene" and config.data.captions_dir == ""
         assert tuple(config.evals.zeroshot.sources) == ("scene_heldout", "templates")
         assert not config.loss.class_aware  # each caption describes one image
-    local = fungalzsl.get_config("arch=rn_tiny,runlocal")  # launch/local.sh: issue 10's measured recipe
-    assert local.loss.class_aware and local.data.image_size == fungalzsl.RUNLOCAL_RN_TINY_SIZE == 96
+    local = fungalzsl.get_config("arch=cnn_tiny,runlocal")  # launch/local.sh: issue 10's measured recipe
+    assert local.loss.class_aware and local.data.image_size == fungalzsl.RUNLOCAL_CPU_SIZE == 96
     assert local.data.captions == "scene" and "robust_size128" in local.evals
+    assert local.batch_size == 32 and local.eval_every * 2 == local.total_steps
+    resnet = fungalzsl.get_config("arch=rn_tiny,runlocal")  # the README's rn_tiny rows
+    assert resnet.loss.class_aware and (resnet.batch_size, resnet.total_steps) == (64, 1200)
     paper = fungalzsl.get_config("arch=tiny,runlocal,captions=fungalzsl_split,data_dir=/data/fungalzsl")
     assert paper.data.captions_dir == "/data/fungalzsl" and paper.loss.class_aware
     assert tuple(paper.evals.zeroshot.sources) == ("fungalzsl_split", "templates")

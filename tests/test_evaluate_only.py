@@ -148,6 +148,27 @@ def test_resnet_run_its_open_clip_export_and_checkpoint_agree(class_folder, tmp_
     np.testing.assert_allclose(export.encode_texts(texts), checkpoint.encode_texts(texts), atol=1e-5)
 
 
+def test_cnn_tiny_run_trains_batch_stats_and_evaluates_from_its_folder(class_folder, tmp_path):
+    """The 2-core default tower has no export format: the run folder itself is the model. Its
+    BatchNorm statistics are checkpointed, and evaluation-only rebuilds it from the run config."""
+    from fungizsl.train import checkpoint
+
+    run = tmp_path / "cnn"
+    trainer_runs.finish(trainer_runs.start_training(
+        run, "--config.model.arch=cnn_tiny", "--config.total_steps=3", "--config.warmup_steps=1",
+        "--config.checkpoint_every=3", devices=1))
+    assert not (run / "open_clip_export").exists() and not (run / "hf_export").exists()
+    stats = checkpoint.load_variables(str(run))["batch_stats"]["vision_model"]
+    assert sorted(stats) == [f"bn{i}" for i in range(5)]
+    assert np.abs(np.asarray(stats["bn0"]["mean"])).max() > 0, "running statistics never moved"
+    loaded = evaluate_only.load_model(str(run))
+    assert loaded.step == 3 and loaded.image_size == 32  # the test run renders 32 px
+    out = run_main(f"model={run},images={class_folder}", tmp_path / "eval")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert 0.0 <= summary["zeroshot_accuracy"] <= 1.0
+
+
 def test_run_folder_evaluates_the_checkpoint_its_summary_selected(tiny_run, tmp_path):
     """A workdir means the model the run reported (chosen on val), not merely its newest step."""
     import shutil

@@ -7,7 +7,8 @@ returns both, L2-normalised, and the similarity logits.
 
 The image tower is either CLIP's ViT (`vit.py`), followed like the text tower by a bias-free
 linear projection, or CLIP's modified ResNet (`resnet.py`), whose attention pool projects into
-the joint space itself. A ResNet tower carries BatchNorm statistics in the `batch_stats`
+the joint space itself, or the plain CPU-sized `convnet.py` (not a CLIP architecture), which
+also projects itself. The convolutional towers carry BatchNorm statistics in the `batch_stats`
 collection: pass `train=True` (and `mutable=["batch_stats"]`) in the training step.
 """
 
@@ -18,14 +19,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fungizsl.models import clip_text, resnet, vit
+from fungizsl.models import clip_text, convnet, resnet, vit
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class ClipConfig:
-    vision: vit.ViTConfig | resnet.ResNetConfig
+    vision: vit.ViTConfig | resnet.ResNetConfig | convnet.ConvNetConfig
     text: clip_text.ClipTextConfig
     projection_dim: int = 512
     logit_scale_init: float = math.log(1 / 0.07)
@@ -45,11 +46,22 @@ ARCHITECTURES = {
     "rn50x16": ("rn50x16", "clip_l", 768),
     "rn50x64": ("rn50x64", "clip_rn50x64", 1024),
     "rn_tiny": ("rn_tiny", "clip_tiny", 32),  # CPU runs at 96 px
+    # Not a CLIP architecture: a plain conv tower, the 2-core default (models/convnet.py says why).
+    "cnn_tiny": ("cnn_tiny", "clip_tiny", 32),
 }
 
 
 def is_resnet(config: ClipConfig) -> bool:
     return isinstance(config.vision, resnet.ResNetConfig)
+
+
+def is_convnet(config: ClipConfig) -> bool:
+    return isinstance(config.vision, convnet.ConvNetConfig)
+
+
+def tower_projects_itself(config: ClipConfig) -> bool:
+    """The convolutional towers end in the joint space (attention pool / linear projection)."""
+    return is_resnet(config) or is_convnet(config)
 
 
 def clip_config(arch: str, dtype: str = "float32", scan: bool = False, remat: bool = False) -> ClipConfig:
@@ -59,6 +71,8 @@ def clip_config(arch: str, dtype: str = "float32", scan: bool = False, remat: bo
     runtime = dict(dtype=dtype, scan=scan, remat=remat)
     if vision in resnet.VARIANTS:
         vision_config = resnet.resnet_config(vision, output_dim=dim, dtype=dtype)
+    elif vision in convnet.VARIANTS:
+        vision_config = convnet.convnet_config(vision, output_dim=dim, dtype=dtype)
     else:
         vision_config = vit.vit_config(vision, **runtime)
     return ClipConfig(vision_config, clip_text.clip_text_config(text, **runtime), dim)
@@ -74,11 +88,12 @@ class ClipModel(nn.Module):
 
     def setup(self):
         cfg = self.config
-        if is_resnet(cfg):
+        if tower_projects_itself(cfg):
             if cfg.vision.output_dim != cfg.projection_dim:
-                raise ValueError(f"ResNet tower output_dim {cfg.vision.output_dim} differs from "
-                                 f"projection_dim {cfg.projection_dim}")
-            self.vision_model = resnet.ModifiedResNet(cfg.vision)
+                raise ValueError(f"{type(cfg.vision).__name__} output_dim {cfg.vision.output_dim} "
+                                 f"differs from projection_dim {cfg.projection_dim}")
+            self.vision_model = (resnet.ModifiedResNet(cfg.vision) if is_resnet(cfg)
+                                 else convnet.ConvNet(cfg.vision))
         else:
             self.vision_model = vit.VisionTransformer(cfg.vision)
             self.visual_projection = nn.Dense(cfg.projection_dim, use_bias=False, dtype=cfg.vision.dtype)
@@ -87,8 +102,8 @@ class ClipModel(nn.Module):
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(cfg.logit_scale_init), ())
 
     def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
-        """`train` only matters for a ResNet tower: normalise with the batch's statistics."""
-        if is_resnet(self.config):
+        """`train` only matters for a convolutional tower: normalise with the batch's statistics."""
+        if tower_projects_itself(self.config):
             return self.vision_model(images, train=train)["pooled"].astype(jnp.float32)
         return self.visual_projection(self.vision_model(images)["pooled"]).astype(jnp.float32)
 

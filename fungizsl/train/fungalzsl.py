@@ -29,7 +29,7 @@ from fungizsl import losses, placement, tokenizers, weights
 from fungizsl.data import robustness
 from fungizsl import workdir as workdir_lib
 from fungizsl.evaluate import run_evaluators
-from fungizsl.models import resnet, two_towers
+from fungizsl.models import convnet, resnet, two_towers
 from fungizsl.train import checkpoint, core, fungalzsl_data
 from fungizsl.weights.convert import stack_layers
 
@@ -94,12 +94,17 @@ def tower_config(config, vision):
                                    heads=vision.heads if width == vision.width else max(1, width * 32 // 64),
                                    layers=tuple(m.get("resnet_layers") or vision.layers),
                                    frozen_batch_norm=m.get("freeze_bn_stats", False))
+    if isinstance(vision, convnet.ConvNetConfig):
+        return dataclasses.replace(vision, image_size=config.data.image_size,
+                                   widths=tuple(m.get("convnet_widths") or vision.widths),
+                                   standardize_input=m.get("standardize_input", vision.standardize_input),
+                                   frozen_batch_norm=m.get("freeze_bn_stats", False))
     return dataclasses.replace(vision, image_size=config.data.image_size,
                                patch_size=m.get("patch_size") or vision.patch_size)
 
 
 def build_model(config, tokenizer):
-    """(module, host variables or None): {"params": ...} plus "batch_stats" for a ResNet tower;
+    """(module, host variables or None): {"params": ...} plus "batch_stats" for a conv tower;
     None for a fresh init."""
     init, m = config.model.init, config.model
     if _is_hf_folder(init):
@@ -305,7 +310,10 @@ def make_task(config, workdir: epath.Path, mesh) -> core.Task:
     model, variables = build_model(config, tokenizer)
 
     def export(variables, out_dir):
-        if two_towers.is_resnet(model.config):  # no Hugging Face class for it: open_clip's format
+        if two_towers.is_convnet(model.config):
+            print("export: the cnn_tiny tower has no Hugging Face or open_clip format; evaluate or "
+                  f"fine-tune the run folder itself ({out_dir})", flush=True)
+        elif two_towers.is_resnet(model.config):  # no Hugging Face class for it: open_clip's format
             weights.open_clip.export_open_clip(model, variables, str(out_dir / "open_clip_export"),
                                                tokenizer_from=str(tokenizer_dir))
         else:  # usable from PyTorch: transformers.CLIPModel.from_pretrained
