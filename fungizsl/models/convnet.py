@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fungizsl.models import layers
+
 
 @dataclasses.dataclass(frozen=True)
 class ConvNetConfig:
@@ -77,10 +79,7 @@ class ConvNet(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         cfg = self.config
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected NHWC images with 3 channels, got shape {images.shape}")
-        if images.shape[1] % cfg.downsampling or images.shape[2] % cfg.downsampling:
-            raise ValueError(f"image size {images.shape[1:3]} is not a multiple of {cfg.downsampling}")
+        layers.check_image_batch(images, cfg.downsampling)
         x = images.astype(jnp.float32)
         if cfg.standardize_input:
             mean = x.mean(axis=(1, 2), keepdims=True)

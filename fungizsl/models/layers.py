@@ -1,4 +1,5 @@
-"""Transformer building blocks shared by every tower (CLIP ViT and text, DINOv2, BERT).
+"""Building blocks shared by the towers: the transformer blocks of CLIP ViT and text, DINOv2 and
+BERT, and the input check of every image tower (ViT, CLIP ResNet, the plain conv tower).
 
 One `EncoderBlock` covers the three upstream block layouts:
 
@@ -19,6 +20,15 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+
+
+def check_image_batch(images: jax.Array, multiple: int, unit: str = "") -> None:
+    """An image tower's input: NHWC with 3 channels, height and width divisible by `multiple`
+    (`unit` names what it is in the error, e.g. "patch size ")."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected NHWC images with 3 channels, got shape {images.shape}")
+    if images.shape[1] % multiple or images.shape[2] % multiple:
+        raise ValueError(f"image size {images.shape[1:3]} is not a multiple of {unit}{multiple}")
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:

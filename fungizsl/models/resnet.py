@@ -43,7 +43,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fungizsl.models import posemb
+from fungizsl.models import layers, posemb
 
 EXPANSION = 4  # bottleneck output channels = 4 x its inner width
 
@@ -185,10 +185,7 @@ class ModifiedResNet(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         cfg = self.config
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected NHWC images with 3 channels, got shape {images.shape}")
-        if images.shape[1] % 32 or images.shape[2] % 32:
-            raise ValueError(f"image size {images.shape[1:3]} is not a multiple of 32")
+        layers.check_image_batch(images, 32)
         x = images.astype(cfg.dtype)
         stem = ((cfg.width // 2, 2), (cfg.width // 2, 1), (cfg.width, 1))
         for i, (features, stride) in enumerate(stem, start=1):

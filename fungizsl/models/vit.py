@@ -166,10 +166,7 @@ class VisionTransformer(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, masked_patches: jax.Array | None = None) -> dict[str, jax.Array]:
         cfg = self.config
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected NHWC images with 3 channels, got shape {images.shape}")
-        if images.shape[1] % cfg.patch_size or images.shape[2] % cfg.patch_size:
-            raise ValueError(f"image size {images.shape[1:3]} is not a multiple of patch size {cfg.patch_size}")
+        layers.check_image_batch(images, cfg.patch_size, unit="patch size ")
         images = images.astype(cfg.dtype)
         clip = cfg.flavour == "clip"
         if clip:
