@@ -91,10 +91,7 @@ class ConvNet(nn.Module):
             stride = 2 if i == 0 else 1
             x = nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
                         use_bias=False, dtype=cfg.dtype, name=f"conv{i}")(x)
-            norm = nn.BatchNorm(use_running_average=not train or cfg.frozen_batch_norm,
-                                momentum=cfg.batch_norm_momentum, epsilon=cfg.batch_norm_eps,
-                                axis_name=cfg.batch_norm_axis_name, dtype=jnp.float32, name=f"bn{i}")
-            x = nn.relu(norm(x.astype(jnp.float32))).astype(cfg.dtype)
+            x = nn.relu(layers.batch_norm(cfg, train, f"bn{i}")(x))
             if 0 < i < last:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
         pooled = nn.Dense(cfg.output_dim, use_bias=False, dtype=cfg.dtype, name="proj")(

@@ -1,5 +1,6 @@
 """Building blocks shared by the towers: the transformer blocks of CLIP ViT and text, DINOv2 and
-BERT, and the input check of every image tower (ViT, CLIP ResNet, the plain conv tower).
+BERT, the input check of every image tower (ViT, CLIP ResNet, the plain conv tower), and the
+BatchNorm of the convolutional ones.
 
 One `EncoderBlock` covers the three upstream block layouts:
 
@@ -29,6 +30,19 @@ def check_image_batch(images: jax.Array, multiple: int, unit: str = "") -> None:
         raise ValueError(f"expected NHWC images with 3 channels, got shape {images.shape}")
     if images.shape[1] % multiple or images.shape[2] % multiple:
         raise ValueError(f"image size {images.shape[1:3]} is not a multiple of {unit}{multiple}")
+
+
+def batch_norm(cfg, train: bool, name: str, zero_scale: bool = False) -> Callable[[jax.Array], jax.Array]:
+    """BatchNorm of a convolutional tower (CLIP ResNet, plain conv tower), computed in fp32 and
+    cast back to `cfg.dtype`. `cfg` carries `frozen_batch_norm`, `batch_norm_momentum`,
+    `batch_norm_eps`, `batch_norm_axis_name` and `dtype`; parameters `scale`, `bias`, statistics
+    `mean`, `var` in `batch_stats`. Call inside the owning module's compact method."""
+    norm = nn.BatchNorm(use_running_average=not train or cfg.frozen_batch_norm,
+                        momentum=cfg.batch_norm_momentum, epsilon=cfg.batch_norm_eps,
+                        axis_name=cfg.batch_norm_axis_name, dtype=jnp.float32,
+                        scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+                        name=name)
+    return lambda x: norm(x.astype(jnp.float32)).astype(cfg.dtype)
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:

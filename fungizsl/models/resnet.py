@@ -110,17 +110,6 @@ def avg_pool(x: jax.Array, size: int) -> jax.Array:
     return nn.avg_pool(x, (size, size), strides=(size, size), padding="VALID")
 
 
-def _batch_norm(cfg: ResNetConfig, train: bool, name: str, zero_scale: bool = False):
-    """BatchNorm with the tower's train/frozen policy, computed in fp32 (parameters `scale`,
-    `bias`; statistics `mean`, `var` in `batch_stats`)."""
-    norm = nn.BatchNorm(use_running_average=not train or cfg.frozen_batch_norm,
-                        momentum=cfg.batch_norm_momentum, epsilon=cfg.batch_norm_eps,
-                        axis_name=cfg.batch_norm_axis_name, dtype=jnp.float32,
-                        scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-                        name=name)
-    return lambda x: norm(x.astype(jnp.float32)).astype(cfg.dtype)
-
-
 def _conv(features: int, kernel: int, name: str, dtype, stride: int = 1) -> nn.Conv:
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
@@ -135,15 +124,15 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg, out_channels = self.config, self.planes * EXPANSION
-        out = nn.relu(_batch_norm(cfg, train, "bn1")(_conv(self.planes, 1, "conv1", cfg.dtype)(x)))
-        out = nn.relu(_batch_norm(cfg, train, "bn2")(_conv(self.planes, 3, "conv2", cfg.dtype)(out)))
+        out = nn.relu(layers.batch_norm(cfg, train, "bn1")(_conv(self.planes, 1, "conv1", cfg.dtype)(x)))
+        out = nn.relu(layers.batch_norm(cfg, train, "bn2")(_conv(self.planes, 3, "conv2", cfg.dtype)(out)))
         out = avg_pool(out, self.stride)
         # A zero-initialised last scale makes every block start as its shortcut (as open_clip does).
-        out = _batch_norm(cfg, train, "bn3", zero_scale=True)(_conv(out_channels, 1, "conv3", cfg.dtype)(out))
+        out = layers.batch_norm(cfg, train, "bn3", zero_scale=True)(_conv(out_channels, 1, "conv3", cfg.dtype)(out))
         identity = x
         if self.stride > 1 or x.shape[-1] != out_channels:
             identity = _conv(out_channels, 1, "downsample_conv", cfg.dtype)(avg_pool(x, self.stride))
-            identity = _batch_norm(cfg, train, "downsample_bn")(identity)
+            identity = layers.batch_norm(cfg, train, "downsample_bn")(identity)
         return nn.relu(out + identity)
 
 
@@ -190,7 +179,7 @@ class ModifiedResNet(nn.Module):
         stem = ((cfg.width // 2, 2), (cfg.width // 2, 1), (cfg.width, 1))
         for i, (features, stride) in enumerate(stem, start=1):
             x = _conv(features, 3, f"conv{i}", cfg.dtype, stride=stride)(x)
-            x = nn.relu(_batch_norm(cfg, train, f"bn{i}")(x))
+            x = nn.relu(layers.batch_norm(cfg, train, f"bn{i}")(x))
         x = avg_pool(x, 2)
         for stage, blocks in enumerate(cfg.layers):
             planes = cfg.width * 2 ** stage
