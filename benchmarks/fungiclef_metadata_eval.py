@@ -23,7 +23,8 @@ import os
 
 import numpy as np
 
-from fungizsl.evaluate import decisions, metrics_io, taxonomy
+from fungizsl.evaluate import decisions, taxonomy
+from fungizsl import metrics_io
 
 FEATURES = ("habitat", "substrate", "metaSubstrate", "month", "landcover", "biogeographicalRegion",
             "district", "countryCode")

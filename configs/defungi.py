@@ -37,6 +37,7 @@ def get_config(arg: str | None = None):
     arg = parse_arg(arg, arch="tiny", tfds_dir="workdir/tfds", tfds_config="defungi", runlocal=False)
     config = fungalzsl.get_config(f"arch={arg.arch},captions=class_descriptions"
                                   + (",runlocal" if arg.runlocal else ""))
+    config.trainer = "fungizsl.fungalzsl.trainer"  # the FungalZSL trainer, as configs/fungalzsl.py
     config.data.kind = "tfds"
     config.data.tfds_builder = "image_folder"
     config.data.tfds_dir = arg.tfds_dir

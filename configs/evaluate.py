@@ -1,4 +1,4 @@
-"""Evaluation without training: one or more models on one dataset (fungizsl.train.evaluate_only).
+"""Evaluation without training: one or more models on one dataset (fungizsl.fungalzsl.evaluate).
 
     python -m fungizsl.main --config=configs/evaluate.py:model=MODEL_DIR,images=CLASS_FOLDER --workdir=DIR
     python -m fungizsl.main --config='configs/evaluate.py:model=runs/a/hf_export;runs/b,images=photos' --workdir=DIR
@@ -27,7 +27,7 @@ Arguments after the colon:
   openset      N > 0: hold N classes (seeded) out of the label set and score them as unknowns
   poisonous    class names joined by '+': adds expected-cost decisions (costs in config.evals.decisions.costs)
 
-FungiCLEF runs (fungizsl/train/fungiclef_evaluate.py; zero-shot arguments above do not apply):
+FungiCLEF runs (fungizsl/fungiclef/evaluate.py; zero-shot arguments above do not apply):
   fungiclef      a FungiTastic-FewShot CSV with labels: model= is then a FungiCLEF workdir (metadata_only
                  or the full system) or one of its step folders; writes Top-1/5/10, macro-F1, poison cost,
                  Top-K at every rank and expected-cost decisions before/after (config.evals.decisions.costs:
@@ -55,7 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                     class_column="", chils="", descriptions="", openset=0, poisonous="", captions_dir="",
                     fungiclef="", features="", features_split="", train_csv="", run_features="")
     config = ml_collections.ConfigDict()
-    config.trainer = "evaluate"
+    # A FungiCLEF run is scored per observation by its own wing; any CLIP model zero-shot by FungalZSL's.
+    config.trainer = "fungizsl.fungiclef.evaluate" if arg.fungiclef else "fungizsl.fungalzsl.evaluate"
     config.models = tuple(m.strip() for m in arg.model.split(";") if m.strip())
     config.batch_size = 32
     config.ks = (1, 5)

@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.arch not in ARCHS:
         raise ValueError(f"config argument 'arch' must be one of {ARCHS}, got {arg.arch!r}")
     config = ml_collections.ConfigDict()
+    config.trainer = "fungizsl.fungalzsl.trainer"  # the module fungizsl.main runs
     config.seed = 0  # training: init, shuffle order, augmentation
     config.data_seed = 0  # the data: rendered images of every split, caption draws
 

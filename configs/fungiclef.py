@@ -22,7 +22,7 @@ from configs.common import parse_arg
 
 
 def _metadata_only(config):
-    config.system = "metadata_only"
+    config.system = "metadata_only"  # a description only: config.trainer names the module that runs
     d = config.data
     d.train_csv = ""
     d.eval_csv = ""
@@ -64,7 +64,8 @@ def _metadata_only(config):
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, metadata_only=False, runlocal=False)
     config = ml_collections.ConfigDict()
-    config.trainer = "fungiclef"
+    # the trainer module (fungizsl.main imports it); config.system below only describes the run
+    config.trainer = "fungizsl.fungiclef.metadata_only" if arg.metadata_only else "fungizsl.fungiclef.full"
     config.seed = 0
     config.data = ml_collections.ConfigDict(dict(seed=1))
     config.model = ml_collections.ConfigDict()
@@ -86,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def _full(config, runlocal: bool):
     """Features -> stage 1 (DWCL) -> stage 2 (Q-Former with metadata) -> ensemble
-    (fungizsl/train/fungiclef_full.py). Paper: AdamW, lr 2e-4, cosine, batch 1024, 100 epochs,
+    (fungizsl/fungiclef/full.py). Paper: AdamW, lr 2e-4, cosine, batch 1024, 100 epochs,
     width 2048, 16 heads."""
     _metadata_only(config)  # the metadata fields, prior and text settings are shared
     config.system = "full"

@@ -1,16 +1,18 @@
 """The `fungizsl` command line: one sub-command per capability.
 
 Each sub-command lives in the module that implements it, which exposes `register_cli(subparsers)`;
-modules are imported only when their command is asked for, so `fungizsl --help` stays fast.
+modules are imported (by name, from COMMANDS) only when their command is asked for.
 """
 
 import argparse
 import importlib
 import sys
 
+from fungizsl import main as train_main
+
 # sub-command -> module exposing register_cli(subparsers), which sets `func` on its parser.
 COMMANDS = {
-    "render": "fungizsl.data.synthetic",
+    "render": "fungizsl.data.contact_sheets",
     "captions": "fungizsl.data.llm_captions",
     "build": "fungizsl.data.builders",
     "crosstable": "fungizsl.evaluate.crosstable",
@@ -35,8 +37,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "train":  # absl owns these flags: `fungizsl train --config=... --workdir=...`
-        from fungizsl import main as train_main
-
         train_main.run(["fungizsl train", *argv[1:]])
         return 0
     command = argv[0] if argv and argv[0] in COMMANDS else None

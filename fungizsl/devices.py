@@ -20,6 +20,8 @@ import os
 import re
 from collections.abc import Mapping
 
+import jax
+
 # FungalZSL's full-size CLIP variants: hours per epoch on a CPU.
 ACCELERATOR_ARCHS = ("b32", "b16", "l14", "l14_336")
 
@@ -103,8 +105,6 @@ def warn_if_cpu_only(config, devices=None) -> str | None:
     if not reasons:
         return None
     if devices is None:
-        import jax
-
         devices = jax.devices()
     if any(device.platform != "cpu" for device in devices):
         return None

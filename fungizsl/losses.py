@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-BATCH_AXES = ("data", "fsdp")  # as in fungizsl.train.sharding; the batch is split over both
+from fungizsl.placement import BATCH_AXES  # the batch is split over both mesh axes
 
 LossOutput = tuple[jax.Array, dict[str, jax.Array]]
 
@@ -147,7 +147,7 @@ def clip_loss_sharded(mesh: Mesh, class_aware: bool = False, combine: str = "mea
     """`clip_loss` (or the class-aware variant) with the cross-device collective explicit.
 
     Returns `loss_fn(zimg, ztxt, scale[, labels]) -> (loss, metrics)` for batch-sharded global
-    arrays (leading axis split over `batch_axes`, as `fungizsl.train.sharding.shard_batch`
+    arrays (leading axis split over `batch_axes`, as `fungizsl.placement.shard_batch`
     places them); call it under `jax.jit`. Inside `jax.shard_map` every device all-gathers the
     image and text embeddings (and labels) of the whole batch, scores its own B/n rows against
     all B columns in both directions, and the per-row sums are `psum`-ed over the mesh. The

@@ -19,13 +19,17 @@ checkpoints that come without tokenizer files.
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import json
 import os
 import pathlib
+import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import BertTokenizer, CLIPTokenizer
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -69,7 +73,6 @@ class ClipStyleTokenizer(TextTokenizer):
     ``pad_id`` is the padding id: Hugging Face pads CLIP with the end-of-text id, open_clip with 0.
     Either way the model must pool at ``eot_positions``, the first end-of-text token of each row.
     """
-
     def __init__(
         self,
         backend: Tokenizer,
@@ -185,8 +188,6 @@ def load_clip_tokenizer(
     ``pad_id=None`` keeps the checkpoint's pad token (the end-of-text id 49407 for OpenAI's CLIP on
     the Hub); pass ``0`` for open_clip's convention.
     """
-    from transformers import CLIPTokenizer
-
     folder = _existing_folder(folder)
     if not (_has(folder, TOKENIZER_JSON) or _has(folder, "vocab.json", "merges.txt")):
         raise FileNotFoundError(
@@ -213,8 +214,6 @@ def load_bert_tokenizer(folder: str | os.PathLike, max_length: int | None = None
 
     ``max_length=None`` gives 128, or the model's limit when that is smaller.
     """
-    from transformers import BertTokenizer
-
     folder = _existing_folder(folder)
     if not (_has(folder, TOKENIZER_JSON) or _has(folder, "vocab.txt")):
         raise FileNotFoundError(f"no BERT tokenizer in {folder}: expected {TOKENIZER_JSON} or vocab.txt")
@@ -449,8 +448,6 @@ def open_clip_vocab_file() -> str:
 
     Found without importing ``open_clip`` (whose import needs torch and torchvision).
     """
-    import importlib.util
-
     spec = importlib.util.find_spec("open_clip")
     path = spec and spec.submodule_search_locations and os.path.join(
         list(spec.submodule_search_locations)[0], OPEN_CLIP_VOCAB)
@@ -470,10 +467,6 @@ def open_clip_bpe_tokenizer(
     Writes ``vocab.json`` and ``merges.txt`` (Hugging Face's CLIP layout, same ids) into ``out_dir``
     (a temporary folder when None) and loads them, so the tokenizer can travel with a checkpoint.
     """
-    import gzip
-    import tempfile
-
-
     lines = gzip.open(open_clip_vocab_file()).read().decode("utf-8").split("\n")
     merges = lines[1:_OPEN_CLIP_MERGES + 1]
     byte_symbols = list(_bytes_to_unicode().values())

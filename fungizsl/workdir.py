@@ -3,7 +3,8 @@
 A workdir may be a local folder or a URI such as ``gs://bucket/run``; every path here is an
 ``etils.epath.Path`` (``os.path``/``open``/``os.makedirs`` do not understand ``gs://``). Libraries
 that can only write local files (the ``tokenizers`` trainer, tensorboardX) write into a local
-temporary folder which is then copied over with :func:`upload_dir`; readers that need local files
+temporary folder which is then copied over with :func:`upload_dir` (the TensorBoard writer of
+:mod:`fungizsl.metrics_io` does this); readers that need local files
 get a local copy with :func:`local_dir`.
 
 Several hosts, one writer: shared files (tokenizer, JSON, plots, TensorBoard, exports) are written
@@ -17,12 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-from typing import Any
 
 import jax
 from etils import epath
+from jax.experimental import multihost_utils
 
 #: Workdir paths this process wrote, in order (see :func:`write_audit`).
 WRITES: list[str] = []
@@ -45,8 +45,6 @@ def is_main() -> bool:
 def barrier(name: str) -> None:
     """Every process waits here until all have arrived (no-op with one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -60,14 +58,6 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> epath.Path:
 
 def write_text(path: str | os.PathLike, text: str) -> epath.Path:
     return write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> epath.Path:
-    return write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(epath.Path(path).read_text())
 
 
 def upload_dir(local: str | os.PathLike, dest: str | os.PathLike) -> epath.Path:
@@ -95,41 +85,6 @@ def local_dir(path: str | os.PathLike) -> str:
             with open(os.path.join(local, item.name), "wb") as f:
                 f.write(item.read_bytes())
     return local
-
-
-class TensorBoard:
-    """A tensorboardX writer for ``logdir`` (process 0 only; ``None`` writer elsewhere).
-
-    tensorboardX writes local files only: for a non-local ``logdir`` the events go to a local
-    temporary folder and every :meth:`flush` copies them over.
-    """
-
-    def __init__(self, logdir: epath.Path):
-        from tensorboardX import SummaryWriter
-
-        self.logdir = epath.Path(logdir)
-        self.local = os.fspath(self.logdir) if is_local(self.logdir) else tempfile.mkdtemp(prefix="fungizsl_tb_")
-        self.writer = SummaryWriter(self.local)
-        if is_local(self.logdir):
-            WRITES.append(str(self.logdir))
-
-    def scalars(self, values: dict[str, float], step: int, prefix: str) -> None:
-        from fungizsl.evaluate import metrics_io
-
-        metrics_io.write_scalars(self.writer, values, step, prefix=prefix)
-        self.flush()
-
-    def flush(self) -> None:
-        self.writer.flush()
-        if not is_local(self.logdir):
-            upload_dir(self.local, self.logdir)
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()
-        if not is_local(self.logdir):
-            upload_dir(self.local, self.logdir)
-            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def write_audit(workdir: epath.Path) -> None:

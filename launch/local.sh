@@ -38,9 +38,9 @@ Next steps:
   * evaluate the trained model on your own class folders:
       python -m fungizsl.main --config=configs/evaluate.py:model=$WORKDIR,images=DIR --workdir=runs/eval
   * full-size configs (on accelerators): python -m fungizsl.main --workdir=DIR \\
-      --config=configs/fungalzsl.py:arch=b32    (also b16, l14, l14_336; see README "Training")
+      --config=configs/fungalzsl.py:arch=b32    (also b16, l14, l14_336; see docs/training.md)
   * start from a downloaded CLIP folder (config.json + model.safetensors + tokenizer files):
       python -m fungizsl.main --workdir=DIR --config=configs/fungalzsl.py:arch=b32,init=/path/to/clip-vit-base-patch32
-  * several hosts: launch/tpu_vm.sh or launch/gpu_slurm.sbatch (README "Run on a TPU VM slice",
+  * several hosts: launch/tpu_vm.sh or launch/gpu_slurm.sbatch (docs/clusters.md: "Run on a TPU VM slice",
     "Run on a SLURM cluster").
 MSG

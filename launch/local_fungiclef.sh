@@ -34,4 +34,4 @@ python -m fungizsl.main --config=configs/fungiclef.py:runlocal --workdir="$WORKD
 echo
 echo "Wrote $WORKDIR/summary.json and the Kaggle CSVs $WORKDIR/stage2/submission_test.csv," \
   "$WORKDIR/stage2/submission_test_ensemble.csv ($SECONDS s in all)."
-echo "On the Kaggle download with a DINOv2 folder: see README \"FungiCLEF 2025\"."
+echo "On the Kaggle download with a DINOv2 folder: see docs/fungiclef.md, \"On the Kaggle download\"."

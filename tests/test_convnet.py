@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fungizsl.models import convnet, two_towers
-from fungizsl.train import sharding
+from fungizsl import placement
 
 SMALL = convnet.ConvNetConfig(widths=(8, 8, 16, 32), output_dim=12, image_size=32)
 
@@ -61,7 +61,7 @@ def test_batch_statistics_are_global_under_jit_with_a_sharded_batch():
         return out["pooled"], updated["batch_stats"]
 
     want_pooled, want_stats = jax.jit(step)(variables, images)
-    mesh = sharding.make_mesh(data=8, fsdp=1)
+    mesh = placement.make_mesh(data=8, fsdp=1)
     got_pooled, got_stats = jax.jit(step)(variables, jax.device_put(images, NamedSharding(mesh, P(("data", "fsdp")))))
     np.testing.assert_allclose(np.asarray(got_pooled), np.asarray(want_pooled), atol=2e-5)
     for a, b in zip(jax.tree.leaves(got_stats), jax.tree.leaves(want_stats)):
@@ -99,7 +99,7 @@ def test_standardised_input_ignores_per_image_brightness_and_contrast():
 
 def test_the_default_variant_standardises_and_the_trainer_can_turn_it_off():
     from configs import fungalzsl as fungalzsl_config
-    from fungizsl.train import fungalzsl
+    from fungizsl.fungalzsl import model as fungalzsl
 
     assert convnet.convnet_config("cnn_tiny", output_dim=32).standardize_input
     config = fungalzsl_config.get_config("arch=cnn_tiny,runlocal")

@@ -98,7 +98,7 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_a_run_in_a_gs_workdir_trains_writes_and_resumes(tmp_path, monkeypatch, capsys):
     import fake_gcs
     from configs import fungalzsl as fungalzsl_config
-    from fungizsl.train import fungalzsl
+    from fungizsl.fungalzsl import trainer as fungalzsl
 
     bucket_root = tmp_path / "bucket_root"
     fake_gcs.install(str(bucket_root))

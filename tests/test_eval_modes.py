@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fungizsl import evaluate
+from fungizsl.evaluate import registry
 from fungizsl.evaluate import decisions, descriptions, openset, taxonomy
 
 # ------------------------------------------------------------------------------ taxonomy
@@ -96,7 +96,7 @@ def test_chils_plain_and_reweighted_rules_by_hand():
     reweighted, scores = taxonomy.chils_predict(sub_logits, sub_to_parent, 2, parent_logits, rule="reweighted")
     np.testing.assert_array_equal(reweighted, [1, 1])
     np.testing.assert_allclose(scores[0], [0.5741 * 0.04743, 0.3482 * 0.95257], rtol=2e-3)
-    metrics = dict(evaluate.make_evaluator("chils").run(sub_logits=sub_logits, sub_to_parent=sub_to_parent,
+    metrics = dict(registry.make_evaluator("chils").run(sub_logits=sub_logits, sub_to_parent=sub_to_parent,
                                                         parent_logits=parent_logits, image_labels=[0, 1]))
     assert metrics == {"superclass_prompts/accuracy": 0.5, "plain/accuracy": 1.0, "reweighted/accuracy": 0.5}
     with pytest.raises(ValueError, match="have no subclass"):
@@ -107,7 +107,7 @@ def test_taxonomy_evaluator_yields_rank_metrics():
     t = taxonomy.Taxonomy(("A1", "A2", "B1"), tuple({"genus": g, "species": s}
                                                     for g, s in (("A", "A1"), ("A", "A2"), ("B", "B1"))))
     logits = np.log(np.array([[0.3, 0.3, 0.4], [0.1, 0.1, 0.8]]))
-    m = dict(evaluate.make_evaluator("taxonomy", {"ks": (1,)}).run(logits=logits, image_labels=[1, 2], taxonomy=t))
+    m = dict(registry.make_evaluator("taxonomy", {"ks": (1,)}).run(logits=logits, image_labels=[1, 2], taxonomy=t))
     assert m["genus/top1"] == 1.0 and m["species/top1"] == 0.5 and m["genus/top1_from_argmax"] == 0.5
 
 
@@ -124,7 +124,7 @@ def test_mean_similarity_and_mean_embedding_differ_by_the_norm_of_the_mean():
     np.testing.assert_allclose(sim, [[0.6, (0.6 + 0.5292) * s]], atol=1e-4)    # 0.6 vs 0.798
     np.testing.assert_allclose(emb, [[0.6 / s, (0.6 + 0.5292) * s]], atol=1e-4)  # 0.849 vs 0.798
     assert sim.argmax() == 1 and emb.argmax() == 0
-    m = dict(evaluate.make_evaluator("descriptions").run(zimg=z, descriptor_embeddings=desc, image_labels=[0],
+    m = dict(registry.make_evaluator("descriptions").run(zimg=z, descriptor_embeddings=desc, image_labels=[0],
                                                          prompt_embeddings=[np.eye(3)[:1], np.eye(3)[2:]]))
     assert m["mean_similarity/accuracy"] == 0.0 and m["mean_embedding/accuracy"] == 1.0
     assert m["prompts/accuracy"] == 1.0  # e0 vs e2: 0.6 > 0.5292 -> class 0
@@ -184,11 +184,11 @@ def test_holdout_split_and_evaluator():
     remapped = openset.open_set_labels(labels, known)
     assert sorted(remapped[remapped >= 0].tolist()) == [0, 1, 2] and (remapped < 0).sum() == 2
     logits = np.array([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 0.1], [0.1, 0, 0]])
-    m = dict(evaluate.make_evaluator("openset", {"tpr": 0.5}).run(logits=logits, image_labels=[0, 1, -1, -1]))
+    m = dict(registry.make_evaluator("openset", {"tpr": 0.5}).run(logits=logits, image_labels=[0, 1, -1, -1]))
     assert m["msp/auroc"] == 1.0 and m["msp/tnr@0.5"] == 1.0 and m["msp/cost"] == 0.0
     assert m["closed_set/cost"] == pytest.approx(20 / 4)  # two unknowns answered as known species
     with pytest.raises(ValueError, match="known and unknown"):
-        list(evaluate.make_evaluator("openset").run(logits=logits, image_labels=[0, 1, 0, 1]))
+        list(registry.make_evaluator("openset").run(logits=logits, image_labels=[0, 1, 0, 1]))
 
 
 # ------------------------------------------------------------------------------ decisions
@@ -215,7 +215,7 @@ def test_expected_cost_decision_picks_poisonous_over_likelier_edible():
 
 def test_decision_evaluator_skips_unknown_labels():
     logits = np.log(np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05]]))
-    m = dict(evaluate.make_evaluator("decisions", {"costs": {"poisonous_as_edible": 100}}).run(
+    m = dict(registry.make_evaluator("decisions", {"costs": {"poisonous_as_edible": 100}}).run(
         logits=logits, image_labels=[0, 2, -1], poisonous=[False, False, True]))
     assert m["num_images"] == 2
     assert m["argmax/accuracy"] == 1.0 and m["expected_cost/accuracy"] == 0.5
@@ -265,7 +265,7 @@ def test_decisions_on_calibrated_probabilities_catch_what_an_overconfident_model
     # Evaluated: one observation with the same logits, truly poisonous. Raw: P(1) = 1/(e^6 + 2)
     # = 0.25 % < 1/101, so the rule answers 0 (cost 100). Calibrated: P(1) = 0.1, E[answer 0] =
     # 0.2 + 100 * 0.1 = 10.2 > E[answer 1] = 0.9 + 0.9 = 1.8, so it answers 1 (right).
-    m = dict(evaluate.make_evaluator("decisions", {}).run(
+    m = dict(registry.make_evaluator("decisions", {}).run(
         logits=np.array([[6.0, 0.0, 0.0]]), image_labels=[1], poisonous=poisonous,
         calibration_logits=fit_logits, calibration_labels=fit_labels))
     assert m["calibration/temperature"] == pytest.approx(6 / np.log(8), rel=1e-9)
@@ -279,12 +279,12 @@ def test_decisions_on_calibrated_probabilities_catch_what_an_overconfident_model
     assert m["calibration/p_poisonous_on_poisonous_after"] == pytest.approx(0.1)
     assert m["calibration/fit_nll_after"] < m["calibration/fit_nll_before"]
     # "none", or no held-out scores to fit on: the calibrated rule is not reported
-    none = dict(evaluate.make_evaluator("decisions", {"calibrate": "none"}).run(
+    none = dict(registry.make_evaluator("decisions", {"calibrate": "none"}).run(
         logits=np.array([[6.0, 0.0, 0.0]]), image_labels=[1], poisonous=poisonous,
         calibration_logits=fit_logits, calibration_labels=fit_labels))
-    unfit = dict(evaluate.make_evaluator("decisions", {}).run(
+    unfit = dict(registry.make_evaluator("decisions", {}).run(
         logits=np.array([[6.0, 0.0, 0.0]]), image_labels=[1], poisonous=poisonous))
     for got in (none, unfit):
         assert not any(k.startswith(("calibration/", "expected_cost_calibrated/")) for k in got)
     with pytest.raises(ValueError, match="config.evals.decisions.calibrate must be one of"):
-        evaluate.make_evaluator("decisions", {"calibrate": "platt"})
+        registry.make_evaluator("decisions", {"calibrate": "platt"})

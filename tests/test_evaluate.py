@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fungizsl import evaluate
-from fungizsl.evaluate import metrics_io, plots, retrieval, zeroshot
+from fungizsl.evaluate import registry
+from fungizsl.evaluate import plots, retrieval, zeroshot
+from fungizsl import metrics_io
 
 CLASSES = ["spore", "hyphae", "mycelium"]
 
@@ -310,7 +311,7 @@ def test_registry_runs_configured_evaluators(tmp_path):
     config.evals = ml_collections.ConfigDict()
     config.evals.zeroshot = dict(class_names=CLASSES, ks=(1, 2), plot_dir=str(tmp_path))
     config.evals.retrieval_class = dict(type="retrieval", ks=(1, 10), levels=("class",))
-    results = dict(evaluate.run_evaluators(config.evals, **_embedding_inputs()))
+    results = dict(registry.run_evaluators(config.evals, **_embedding_inputs()))
     assert results["zeroshot/accuracy"] == pytest.approx(4 / 6)
     assert results["zeroshot/top2"] == pytest.approx(5 / 6)
     assert results["zeroshot/per_class/hyphae"] == 0.5
@@ -326,20 +327,20 @@ def test_registry_runs_configured_evaluators(tmp_path):
 
 
 def test_registry_lookup_errors_and_registration():
-    assert evaluate.get_evaluator("zeroshot") is evaluate.ZeroShotEvaluator
-    assert evaluate.get_evaluator("retrieval") is evaluate.RetrievalEvaluator
+    assert registry.get_evaluator("zeroshot") is zeroshot.ZeroShotEvaluator
+    assert registry.get_evaluator("retrieval") is retrieval.RetrievalEvaluator
     with pytest.raises(KeyError, match="unknown evaluator"):
-        evaluate.get_evaluator("nope")
+        registry.get_evaluator("nope")
     # Class names from run() or, failing that, numbered; config keys meant for the trainer are ignored.
-    named = dict(evaluate.make_evaluator("zeroshot", {"split": "test"}).run(
+    named = dict(registry.make_evaluator("zeroshot", {"split": "test"}).run(
         **_embedding_inputs(), class_names=CLASSES))
     assert named["per_class/hyphae"] == 0.5
-    numbered = dict(evaluate.make_evaluator("zeroshot", {}).run(**_embedding_inputs()))
+    numbered = dict(registry.make_evaluator("zeroshot", {}).run(**_embedding_inputs()))
     assert numbered["per_class/1"] == 0.5 and "per_class/3" not in numbered
     with pytest.raises(ValueError, match="no caption"):  # 4 classes named, class 3 has no caption
-        dict(evaluate.make_evaluator("zeroshot", {"class_names": CLASSES + ["x"]}).run(**_embedding_inputs()))
+        dict(registry.make_evaluator("zeroshot", {"class_names": CLASSES + ["x"]}).run(**_embedding_inputs()))
 
-    @evaluate.register("count_test")
+    @registry.register("count_test")
     class Count:
         def __init__(self, config):
             self.config = config
@@ -348,13 +349,13 @@ def test_registry_lookup_errors_and_registration():
             yield "num_images", len(zimg)
 
     try:
-        assert dict(evaluate.run_evaluators({"c": {"type": "count_test"}}, **_embedding_inputs())) == {
+        assert dict(registry.run_evaluators({"c": {"type": "count_test"}}, **_embedding_inputs())) == {
             "c/num_images": 6}
         with pytest.raises(ValueError, match="already registered"):
-            evaluate.register("count_test")(type("Other", (), {}))
+            registry.register("count_test")(type("Other", (), {}))
     finally:
-        evaluate.EVALUATORS.pop("count_test")
-    pairs = dict(evaluate.make_evaluator("retrieval", {}).run(
+        registry.EVALUATORS.pop("count_test")
+    pairs = dict(registry.make_evaluator("retrieval", {}).run(
         zimg=RET_IMAGES, ztxt=RET_TEXTS, image_labels=[0, 1, 1], text_labels=[1, 1, 0]))
     assert pairs["instance/image_to_text/recall@1"] == pytest.approx(1 / 3)
     assert pairs["class/text_to_image/recall@1"] == pytest.approx(1 / 3)

@@ -15,7 +15,8 @@ import fungiclef_runs
 import trainer_runs
 from configs import evaluate as evaluate_config
 from fungizsl.errors import ConfigError
-from fungizsl.train import fungiclef_evaluate as fe
+from fungizsl.fungiclef import evaluate as fe
+from fungizsl.fungiclef import scoring, tables
 
 COLUMNS = ("filename,observationID,category_id,year,month,day,habitat,substrate,metaSubstrate,landcover,region,"
            "district,biogeographicalRegion,countryCode,latitude,longitude,elevation,kingdom,phylum,class,order,"
@@ -70,7 +71,7 @@ def _tree(folder):
 def metadata_run(tmp_path_factory):
     """A tiny metadata-only run (selection on the temporal hold-out, then the refit on all)."""
     from configs.fungiclef import get_config
-    from fungizsl.train import fungiclef
+    from fungizsl.fungiclef import metadata_only
 
     root = tmp_path_factory.mktemp("fungiclef_meta")
     train_csv = _write_csv(root / "train.csv", _rows(0, [2019, 2020, 2021]))
@@ -79,7 +80,7 @@ def metadata_run(tmp_path_factory):
     config.data.train_csv, config.data.eval_csv = str(train_csv), str(eval_csv)
     config.batch_size, config.total_steps, config.warmup_steps = 16, 40, 2
     config.checkpoint_every = config.evals.fungiclef.every = config.log_every = 20
-    fungiclef.train_and_evaluate(config, root / "run")
+    metadata_only.train_and_evaluate(config, root / "run")
     return root
 
 
@@ -132,12 +133,11 @@ def test_metadata_run_through_the_command_reproduces_its_summary(metadata_run, t
 def test_metadata_temperature_is_fitted_on_the_runs_hold_out_never_on_the_evaluated_csv(metadata_run, tmp_path,
                                                                                          monkeypatch):
     from fungizsl.evaluate import calibration
-    from fungizsl.train import fungiclef_data as fd
 
     run, eval_csv = metadata_run / "run", metadata_run / "eval.csv"
-    train = fd.table_from_csv(str(metadata_run / "train.csv"))
-    _, held = fd.temporal_holdout(train, 2)
-    held_ids, eval_ids = train.observation_ids[held], fd.table_from_csv(str(eval_csv)).observation_ids
+    train = tables.table_from_csv(str(metadata_run / "train.csv"))
+    _, held = tables.temporal_holdout(train, 2)
+    held_ids, eval_ids = train.observation_ids[held], tables.table_from_csv(str(eval_csv)).observation_ids
     assert len(held_ids) >= 4 and not set(held_ids) & set(eval_ids)
     fits = []
     real_fit = calibration.fit_temperature
@@ -146,7 +146,7 @@ def test_metadata_temperature_is_fitted_on_the_runs_hold_out_never_on_the_evalua
 
     # (a) the scores it fits on are those of the hold-out, by the selection checkpoint, and the fit
     # (model and count prior: two fits) sees exactly the hold-out's labels, nothing of the CSV
-    scored = fe.score_metadata_run(fe.open_run(str(run)), str(eval_csv), show_progress=False)
+    scored = scoring.score_metadata_run(scoring.open_run(str(run)), str(eval_csv), show_progress=False)
     assert list(scored.calibration.observation_ids) == list(held_ids)
     assert "refit_all" not in scored.calibration.described["checkpoint"]
     s = fe.observation_summary(scored, evaluate_config.get_config(f"fungiclef={eval_csv}"))
@@ -204,7 +204,7 @@ def test_hand_checked_summary_numbers():
     logits = np.log(np.maximum(np.asarray(probs), 1e-12))
     mask = np.asarray([[1, 0], [1, 0], [1, 0], [1, 1]], bool)
     lineage = lambda c: {"kingdom": "Fungi", "genus": "G1" if c < 2 else "G2", "species": f"s{c}", "category_id": c}
-    scored = fe.Scored(logits, mask, np.asarray([1, 0, 2, 0]), np.arange(4), [lineage(c) for c in (1, 0, 2, 0)],
+    scored = scoring.Scored(logits, mask, np.asarray([1, 0, 2, 0]), np.arange(4), [lineage(c) for c in (1, 0, 2, 0)],
                        [lineage(c) for c in range(3)], np.arange(3), np.asarray([0, 1, 0]), 5, {"csv": "x.csv"})
     s = fe.observation_summary(scored, evaluate_config.get_config("fungiclef=x.csv"))
     # argmax: [0, 0, 2, 0] -> 3/4 right; A is poisonous called edible: 100 / 4 = 25
@@ -231,7 +231,7 @@ def test_hand_checked_summary_numbers():
     # plus one observation that is also evaluated (id 3, obs D) with a contrary label: left out
     val_logits = np.log(np.maximum(np.asarray([[[0.0, 1.0, 0.0]]]), 1e-12))
     val_logits = np.concatenate([np.asarray([[[6.0, 0.0, 0.0]]] * 10), val_logits])
-    scored.calibration = fe.CalibrationScores(val_logits, np.ones((11, 1), bool), np.asarray([0] * 8 + [1, 2, 0]),
+    scored.calibration = scoring.CalibrationScores(val_logits, np.ones((11, 1), bool), np.asarray([0] * 8 + [1, 2, 0]),
                                               np.asarray(list(range(100, 110)) + [3]), {"split": "val"})
     c = fe.observation_summary(scored, evaluate_config.get_config("fungiclef=x.csv"))["decisions"]
     assert c["calibration"]["temperature"] == pytest.approx(6 / np.log(8), rel=1e-6)
@@ -251,6 +251,57 @@ def test_hand_checked_summary_numbers():
     # D (true 3, poisonous) is now called edible by argmax: (100 + 100) / 4
     assert s["decisions"]["argmax"]["poison_cost"] == pytest.approx(50.0) == pytest.approx(s["poison_cost"])
 
+
+
+def test_unknown_poisonous_flags_cost_nothing_in_every_reported_cost():
+    """Class 0 poisonous, 1 edible, 2 without a flag in the training data or the evaluated CSV.
+    Every poison cost the summary reports comes from `decisions.poison_costs`: an observation whose
+    true or predicted species is unknown costs nothing, N is every labelled observation; the
+    expected-cost rule decides on class 2 as edible."""
+    probs = [[[0.3, 0.1, 0.6]],      # A, true 0 (poisonous): argmax 2 (unknown) -> no cost
+             [[0.001, 0.6, 0.399]],  # B, true 2 (unknown): argmax 1 -> no cost
+             [[0.001, 0.998, 0.001]],  # C, true 1: right
+             [[0.6, 0.4, 0.0]]]      # D, true 1 (edible): argmax 0, edible called poisonous -> 1
+    logits = np.log(np.maximum(np.asarray(probs), 1e-12))
+    lineage = lambda c: {"kingdom": "Fungi", "genus": "G1", "species": f"s{c}", "category_id": c}
+    labels = np.asarray([0, 2, 1, 1])
+    scored = scoring.Scored(logits, np.ones((4, 1), bool), labels, np.arange(4), [lineage(c) for c in labels],
+                            [lineage(c) for c in range(3)], np.arange(3), np.asarray([1, 0, -1]), 4, {"csv": "x.csv"})
+    s = fe.observation_summary(scored, evaluate_config.get_config("fungiclef=x.csv"))
+    assert s["poisonous_flags"] == {"classes_flagged_by_training": 2, "classes_flagged_by_evaluated_csv_only": 0,
+                                    "classes_without_flag": 1, "poisonous_classes": 1}
+    # argmax [2, 1, 1, 0]: 1 right of 4; only D costs: 1 / 4 (unknown read as edible would add A: 100 / 4)
+    assert s["top1"] == pytest.approx(0.25) and s["poison_cost"] == pytest.approx(0.25)
+    assert s["decisions"]["argmax"] == pytest.approx({"accuracy": 0.25, "poison_cost": 0.25, "total_cost": 1.0,
+                                                      "poisonous_as_edible": 0, "edible_as_poisonous": 1})
+    # expected costs (P = probability of class 0; class 2 edible for deciding):
+    #   A: P=0.3: E[0] = 0.7 + 0.7 = 1.4, E[1] = 0.9 + 30, E[2] = 0.4 + 30 -> 0 (right)
+    #   B: P=0.001: E[0] = 1.998, E[1] = 0.4 + 0.1 = 0.5, E[2] = 0.601 + 0.1 -> 1 (wrong, no cost)
+    #   C: -> 1 (right);  D: P=0.6: E[0] = 0.4 + 0.4 = 0.8, E[1] = 0.6 + 60 -> 0 (edible called poisonous)
+    assert s["decisions"]["expected_cost"] == pytest.approx({"accuracy": 0.5, "poison_cost": 0.25, "total_cost": 0.75,
+                                                             "poisonous_as_edible": 0, "edible_as_poisonous": 1})
+
+
+def test_runs_are_recognised_by_their_recorded_trainer_module_or_legacy_name(tmp_path):
+    """A run records `config.trainer` (a module); runs made before recorded trainer "fungiclef"
+    with `system`. Both are FungiCLEF runs; a FungalZSL run is not."""
+    def run(folder, **config):
+        (folder / "checkpoints" / "10" / "state").mkdir(parents=True)
+        (folder / "fungizsl_config.json").write_text(json.dumps(config))
+        return folder
+
+    cases = {
+        "meta_new": ({"trainer": "fungizsl.fungiclef.metadata_only"}, "", "metadata_only"),
+        "meta_old": ({"trainer": "fungiclef", "system": "metadata_only"}, "", "metadata_only"),
+        "full_new": ({"trainer": "fungizsl.fungiclef.full"}, "stage2", "full"),
+        "full_old": ({"trainer": "fungiclef", "system": "full"}, "stage2", "full"),
+    }
+    for name, (config, sub, system) in cases.items():
+        folder = run(tmp_path / name / sub, **config)
+        assert scoring.find_run_root(tmp_path / name) == (tmp_path / name, system), name
+        assert scoring.find_run_root(folder / "checkpoints" / "10") == (tmp_path / name, system), name
+    assert scoring.find_run_root(run(tmp_path / "clip", trainer="fungalzsl")) is None
+    assert scoring.find_run_root(run(tmp_path / "full_as_root", trainer="fungizsl.fungiclef.full")) is None
 
 def test_metadata_errors_name_the_file_and_column(metadata_run, tmp_path):
     run = metadata_run / "run"
@@ -280,12 +331,12 @@ def test_metadata_errors_name_the_file_and_column(metadata_run, tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert f"fungizsl: model {other} is not a FungiCLEF run" in out.stderr and "Traceback" not in out.stderr
     with pytest.raises(ConfigError, match="no such folder"):
-        fe.open_run(str(tmp_path / "nowhere"))
+        scoring.open_run(str(tmp_path / "nowhere"))
     # and a FungiCLEF run given to the CLIP zero-shot path
-    from fungizsl.train import evaluate_only
+    from fungizsl.fungalzsl import load
 
     with pytest.raises(ConfigError, match="is a FungiCLEF run, not a two-tower CLIP model"):
-        evaluate_only.load_model(str(run))
+        load.load_model(str(run))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -296,7 +347,7 @@ def test_metadata_errors_name_the_file_and_column(metadata_run, tmp_path):
 def full_run(tmp_path_factory):
     from fungizsl.data import builders
     from fungizsl.fungiclef import synthetic_species as syn
-    from fungizsl.train import fungiclef_full
+    from fungizsl.fungiclef import full as fungiclef_full
 
     root = tmp_path_factory.mktemp("fungiclef_full")
     syn.write_species_set(root / "download", fungiclef_runs.TINY_SPECIES, show_progress=False)
@@ -367,7 +418,7 @@ def test_full_run_errors(full_run, tmp_path):
         fe.train_and_evaluate(evaluate_config.get_config(
             f"model={run},fungiclef={renamed},features={run / 'features'}"), str(tmp_path / "c"))
     with pytest.raises(ConfigError, match="stage-2 model"):
-        fe.open_run(str(next(p for p in (run / "stage1" / "checkpoints").iterdir() if p.name.isdigit())))
+        scoring.open_run(str(next(p for p in (run / "stage1" / "checkpoints").iterdir() if p.name.isdigit())))
 
 
 def test_real_csvs_have_the_columns_the_metadata_model_reads(shared_data):
@@ -377,8 +428,8 @@ def test_real_csvs_have_the_columns_the_metadata_model_reads(shared_data):
 
     folder = shared_data / "fungiclef2025"
     config = get_config("metadata_only")
-    rows = fe.read_csv_rows(str(folder / "FungiTastic-FewShot-Val-dev.csv"), config)
+    rows = tables.read_csv_rows(str(folder / "FungiTastic-FewShot-Val-dev.csv"), config)
     assert len(rows) == 1185 and len({r["observationID"] for r in rows}) == 550
-    assert fe.csv_split(str(folder / "FungiTastic-FewShot-Val-dev.csv")) == "val"
+    assert tables.csv_split(str(folder / "FungiTastic-FewShot-Val-dev.csv")) == "val"
     with pytest.raises(ConfigError, match=r"FungiTastic-FewShot-Test.csv lacks column\(s\) category_id"):
-        fe.read_csv_rows(str(folder / "FungiTastic-FewShot-Test.csv"), config)
+        tables.read_csv_rows(str(folder / "FungiTastic-FewShot-Test.csv"), config)

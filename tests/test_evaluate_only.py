@@ -14,7 +14,9 @@ import trainer_runs
 from configs import evaluate as evaluate_config
 from fungizsl.data import augment, synthetic
 from fungizsl.evaluate import zeroshot
-from fungizsl.train import evaluate_only
+from fungizsl import runs
+from fungizsl.data import image_sets
+from fungizsl.fungalzsl import evaluate as evaluate_only, load
 
 STAGES = ("spore", "hyphae", "mycelium")
 
@@ -64,8 +66,8 @@ def test_command_as_written_on_exported_model(tiny_run, class_folder, tmp_path):
     assert summary["per_class_accuracy"]["hyphae"] == pytest.approx(confusion[0, 0] / 3, abs=1e-6)
 
     # The same numbers computed here from the model's own encoders.
-    model = evaluate_only.load_model(f"{tiny_run}/hf_export")
-    images = evaluate_only.folder_images(str(class_folder))
+    model = load.load_model(f"{tiny_run}/hf_export")
+    images = image_sets.folder_images(str(class_folder))
     norm = augment.get_normalization("clip")
     pixels = np.stack([augment.eval_image(images.load(i), model.image_size, norm) for i in range(len(images))])
     prompts = evaluate_only.prompts_for("templates", images.class_names, evaluate_config.get_config().data)
@@ -112,9 +114,9 @@ def test_corrupt_image_error_names_the_file(tiny_run, class_folder, tmp_path):
 
 def test_bad_model_and_folder_errors(tmp_path, class_folder):
     with pytest.raises(FileNotFoundError, match="neither a Hugging Face CLIP folder"):
-        evaluate_only.load_model(str(tmp_path))
+        load.load_model(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no images for classes"):
-        evaluate_only.folder_images(str(class_folder), ["spore", "conidia"])
+        image_sets.folder_images(str(class_folder), ["spore", "conidia"])
     with pytest.raises(ValueError, match="config.models is empty"):
         evaluate_only.model_specs(evaluate_config.get_config(f"images={class_folder}"))
     with pytest.raises(ValueError, match="builder:config:split"):
@@ -139,8 +141,8 @@ def test_resnet_run_its_open_clip_export_and_checkpoint_agree(class_folder, tmp_
     rows = json.loads((tmp_path / "eval" / "comparison.json").read_text())
     assert sorted(r["model"] for r in rows) == ["rn", "rn-open_clip"]
     assert rows[0]["zeroshot_accuracy"] == pytest.approx(rows[1]["zeroshot_accuracy"], abs=1e-6)
-    export, checkpoint = (evaluate_only.load_model(p) for p in (f"{run}/open_clip_export", str(run)))
-    images = evaluate_only.folder_images(str(class_folder))
+    export, checkpoint = (load.load_model(p) for p in (f"{run}/open_clip_export", str(run)))
+    images = image_sets.folder_images(str(class_folder))
     norm = augment.get_normalization("clip")
     pixels = np.stack([augment.eval_image(images.load(i), export.image_size, norm) for i in range(len(images))])
     np.testing.assert_allclose(export.encode_images(pixels), checkpoint.encode_images(pixels), atol=1e-5)
@@ -161,7 +163,7 @@ def test_cnn_tiny_run_trains_batch_stats_and_evaluates_from_its_folder(class_fol
     stats = checkpoint.load_variables(str(run))["batch_stats"]["vision_model"]
     assert sorted(stats) == [f"bn{i}" for i in range(5)]
     assert np.abs(np.asarray(stats["bn0"]["mean"])).max() > 0, "running statistics never moved"
-    loaded = evaluate_only.load_model(str(run))
+    loaded = load.load_model(str(run))
     assert loaded.step == 3 and loaded.image_size == 32  # the test run renders 32 px
     out = run_main(f"model={run},images={class_folder}", tmp_path / "eval")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -179,8 +181,8 @@ def test_run_folder_evaluates_the_checkpoint_its_summary_selected(tiny_run, tmp_
     summary = json.loads((run / "summary.json").read_text())
     summary["selection"] = dict(summary.get("selection") or {}, step=4)
     (run / "summary.json").write_text(json.dumps(summary))
-    assert evaluate_only.selected_step_folder(run) == run / "checkpoints" / "4"
-    assert evaluate_only.load_model(str(run)).step == 4
+    assert runs.selected_step_folder(run) == run / "checkpoints" / "4"
+    assert load.load_model(str(run)).step == 4
     (run / "summary.json").unlink()  # no summary: the newest step
-    assert evaluate_only.selected_step_folder(run) == run / "checkpoints" / "8"
-    assert evaluate_only.load_model(str(run)).step == 8
+    assert runs.selected_step_folder(run) == run / "checkpoints" / "8"
+    assert load.load_model(str(run)).step == 8

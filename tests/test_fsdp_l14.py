@@ -13,7 +13,9 @@ import numpy as np
 
 from configs import fungalzsl as fungalzsl_config
 from fungizsl.models import two_towers
-from fungizsl.train import core, fungalzsl, sharding
+from fungizsl.fungalzsl import trainer as fungalzsl
+from fungizsl.train import core
+from fungizsl import placement
 
 
 def _per_device_bytes(abstract, shardings) -> int:
@@ -31,7 +33,7 @@ def test_l14_336_state_bytes_per_device_fall_as_one_over_n():
                      post_update=fungalzsl.clamp_logit_scale, train_iterator=None, evaluate=None)
     per_device = {}
     for n in (1, 2, 4, 8):
-        mesh = sharding.make_mesh(data=1, fsdp=n, devices=jax.devices()[:n])
+        mesh = placement.make_mesh(data=1, fsdp=n, devices=jax.devices()[:n])
         trainable = core.build(config, task, mesh)
         per_device[n] = _per_device_bytes(trainable.abstract_state, trainable.state_sharding)
     print({n: f"{b / 2**20:.0f} MiB" for n, b in per_device.items()})

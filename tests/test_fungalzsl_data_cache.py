@@ -9,7 +9,7 @@ import numpy as np
 
 from configs import fungalzsl as fungalzsl_config
 from fungizsl.data.builders.fungal_growth_stages import FungalGrowthStages, GrowthStagesConfig
-from fungizsl.train.fungalzsl_data import FungalZSLData
+from fungizsl.fungalzsl.inputs import FungalZSLData
 
 
 def _data(tmp_path, cache: bool) -> FungalZSLData:

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from fungizsl.evaluate import make_evaluator, observations as obs
+from fungizsl.evaluate import decisions
+from fungizsl.evaluate import observations as obs
+from fungizsl.evaluate.registry import make_evaluator
 
 
 def _hand_example():
@@ -45,7 +47,45 @@ def test_poison_cost_by_hand():
     poisonous = np.array([1, 0, 0, -1])
     labels = np.array([0, 1, 1, 2, 3])
     pred = np.array([1, 0, 1, 3, 0])  # poison->edible (100), edible->poison (1), ok, unknown, unknown
-    assert obs.poison_cost(pred, labels, poisonous) == pytest.approx(101 / 5)
+    assert decisions.poison_costs(labels, pred, poisonous) == {
+        "poison_cost": pytest.approx(101 / 5), "poisonous_as_edible": 1, "edible_as_poisonous": 1}
+
+
+def test_poison_cost_unknown_flags_cost_nothing_and_still_count_in_n():
+    """The one rule (`decisions.poison_costs`): a pair whose true or predicted species has an
+    unknown flag (-1) adds to neither count; N stays every observation. A bool table has no
+    unknowns (False = edible)."""
+    flags = np.array([1, 0, -1])  # class 0 poisonous, 1 edible, 2 unknown
+    labels = np.array([0, 0, 2, 2, 1, 1])
+    pred = np.array([2, 1, 0, 1, 0, 2])
+    # 0->2 unknown: 0; 0->1 poisonous called edible: 100; 2->0, 2->1 unknown truth: 0;
+    # 1->0 edible called poisonous: 1; 1->2 unknown: 0  -> (100 + 1) / 6
+    got = decisions.poison_costs(labels, pred, flags)
+    assert got == {"poison_cost": pytest.approx(101 / 6), "poisonous_as_edible": 1, "edible_as_poisonous": 1}
+    # the same table as bools (unknown read as edible) counts 0->2 as poisonous called edible and
+    # 2->0 as edible called poisonous: (200 + 2) / 6
+    as_bool = decisions.poison_costs(labels, pred, flags == 1)
+    assert as_bool == {"poison_cost": pytest.approx(202 / 6), "poisonous_as_edible": 2, "edible_as_poisonous": 2}
+    # other weights: 10 x 1 + 2 x 1 over 6
+    assert decisions.poison_costs(labels, pred, flags, 10.0, 2.0)["poison_cost"] == pytest.approx(12 / 6)
+    # the trainers' metric and the decision metrics report the same number
+    scores = np.full((6, 3), -5.0)
+    scores[np.arange(6), pred] = 0.0
+    assert obs.observation_metrics(scores, labels, (1,), flags)["poison_cost"] == pytest.approx(101 / 6)
+    argmax = decisions.realised_costs(labels, pred, flags)
+    assert argmax["poison_cost"] == pytest.approx(101 / 6) and argmax["total_cost"] == pytest.approx(101 / 6 + 1.0)
+    assert (argmax["poisonous_as_edible"], argmax["edible_as_poisonous"], argmax["accuracy"]) == (1, 1, 0.0)
+
+
+def test_decision_rule_takes_an_unknown_flag_as_edible():
+    """P(poisonous) = 0.05 (class 0 only; class 2's flag is unknown, so it adds nothing).
+    E[0] = 0.95 + 1 x 0.95 = 1.9, E[1] = 0.55 + 100 x 0.05 = 5.55, E[2] = 0.5 + 5 = 5.5 -> class 0.
+    Were class 2 poisonous, P = 0.55 and E[2] = 0.5 + 0.45 = 0.95 would win."""
+    probs = np.array([[0.05, 0.45, 0.5]])
+    np.testing.assert_allclose(decisions.expected_costs(probs, np.array([1, 0, -1])), [[1.9, 5.55, 5.5]])
+    assert decisions.decide(probs, np.array([1, 0, -1])).tolist() == [0]
+    assert decisions.decide(probs, np.array([True, False, False])).tolist() == [0]
+    assert decisions.decide(probs, np.array([1, 0, 1])).tolist() == [2]
 
 
 def test_ensemble_voting():

@@ -89,7 +89,7 @@ def test_feature_cache_resumes_after_an_interruption(tiny_tfds, tmp_path):
 
 def test_tiny_pipeline_writes_summary_and_submission(tiny_tfds, tmp_path):
     from fungizsl.evaluate import observations
-    from fungizsl.train import fungiclef_full
+    from fungizsl.fungiclef import full as fungiclef_full
 
     root, counts = tiny_tfds
     config = tiny_full_config(root / "tfds")

@@ -92,7 +92,7 @@ def _fixture_rows(seed, years, n_classes=40):
 
 def test_metadata_only_trainer_writes_summary(tmp_path):
     from configs.fungiclef import get_config
-    from fungizsl.train import fungiclef
+    from fungizsl.fungiclef import metadata_only
 
     _write_csv(tmp_path / "train.csv", _fixture_rows(0, [2019, 2020, 2021]))
     _write_csv(tmp_path / "eval.csv", _fixture_rows(1, [2022]))
@@ -101,7 +101,7 @@ def test_metadata_only_trainer_writes_summary(tmp_path):
     config.data.eval_csv = str(tmp_path / "eval.csv")
     config.batch_size, config.total_steps, config.warmup_steps = 16, 40, 2
     config.checkpoint_every = config.evals.fungiclef.every = config.log_every = 20
-    summary = fungiclef.train_and_evaluate(config, tmp_path / "run")
+    summary = metadata_only.train_and_evaluate(config, tmp_path / "run")
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
     for key in ("top1", "top5", "top10", "macro_f1", "poison_cost", "num_observations"):
         assert written[key] is not None and written[key] == pytest.approx(summary[key])

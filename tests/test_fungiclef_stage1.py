@@ -6,8 +6,9 @@ import numpy as np
 
 from fungizsl.fungiclef.sampler import ClassBalancedSampler
 from fungizsl.models.fewshot import Stage1Model
-from fungizsl.train import core, sharding
-from fungizsl.train.fungiclef_stage1 import make_stage1_loss
+from fungizsl.train import core
+from fungizsl import placement
+from fungizsl.fungiclef.stage1 import make_stage1_loss
 
 
 def _config():
@@ -34,11 +35,11 @@ def test_sharded_stage1_step_equals_single_device():
                      evaluate=None)
     results = []
     for devices in (jax.devices()[:1], jax.devices()[:8]):
-        mesh = sharding.make_mesh(devices=devices)
+        mesh = placement.make_mesh(devices=devices)
         trainable = core.build(_config(), task, mesh)
         state = trainable.init_state(jax.random.key(0))
         for step in range(3):
-            batch = {k: jax.device_put(v, core.placement.batch_sharding(mesh))
+            batch = {k: jax.device_put(v, placement.batch_sharding(mesh))
                      for k, v in _batch(step, feats, labels).items()}
             state, metrics = trainable.train_step(state, batch)
         results.append((jax.device_get(state["params"]), float(metrics["loss"]), float(metrics["num_anchors"])))

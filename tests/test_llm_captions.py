@@ -11,8 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from fungizsl import cli
+from fungizsl.data import caption_files as CF
+from fungizsl.data import caption_text as CT
 from fungizsl.data import captions as C
 from fungizsl.data import llm_captions as L
+from fungizsl.data import llm_client as LC
 
 CLASSES = ["spore", "hyphae", "mycelium"]
 ADJECTIVES = ["round", "thin", "dense", "pale", "branched", "smooth", "tangled", "sparse", "oval", "dark"]
@@ -122,17 +125,17 @@ def _no_sleep(delays):
 
 
 def test_chat_completions_url():
-    assert L.chat_completions_url("http://127.0.0.1:11434") == "http://127.0.0.1:11434/v1/chat/completions"
-    assert L.chat_completions_url("http://h:8000/") == "http://h:8000/v1/chat/completions"
-    assert L.chat_completions_url("http://h:8000/v1") == "http://h:8000/v1/chat/completions"
-    assert L.chat_completions_url("https://h/api/v1/chat/completions/") == "https://h/api/v1/chat/completions"
+    assert LC.chat_completions_url("http://127.0.0.1:11434") == "http://127.0.0.1:11434/v1/chat/completions"
+    assert LC.chat_completions_url("http://h:8000/") == "http://h:8000/v1/chat/completions"
+    assert LC.chat_completions_url("http://h:8000/v1") == "http://h:8000/v1/chat/completions"
+    assert LC.chat_completions_url("https://h/api/v1/chat/completions/") == "https://h/api/v1/chat/completions"
     with pytest.raises(ValueError, match="http"):
-        L.chat_completions_url("127.0.0.1:8000")
+        LC.chat_completions_url("127.0.0.1:8000")
 
 
 def test_clean_reply_and_prompts():
-    assert L.clean_reply('<think>hmm\nok</think>\n "Round  spores\nlie apart." ') == "Round spores lie apart."
-    assert L.clean_reply("Caption: Thin threads.") == "Thin threads."
+    assert LC.clean_reply('<think>hmm\nok</think>\n "Round  spores\nlie apart." ') == "Round spores lie apart."
+    assert LC.clean_reply("Caption: Thin threads.") == "Thin threads."
     for stage in C.GROWTH_STAGES:
         prompts = L.prompts_for(stage)
         assert len(prompts) >= 3 and len(set(prompts)) == len(prompts)
@@ -152,7 +155,7 @@ def test_scripted_failures_are_retried(serve, tmp_path):
     for r in rows:
         assert set(r) == {"class", "text", "model", "prompt_id"}
         assert r["model"] == "stub-model" and r["prompt_id"].startswith(r["class"] + "/")
-        by[r["class"]].append(C.normalize_text(r["text"]))
+        by[r["class"]].append(CT.normalize_text(r["text"]))
     assert {c: len(set(v)) for c, v in by.items()} == {c: 3 for c in CLASSES}
     # Every scripted failure cost one request; successes are exactly the 9 captions.
     assert stub.count() == 9 + 6
@@ -185,7 +188,7 @@ def test_concurrent_generation_exact_unique_counts(serve, tmp_path):
     rows = _lines(out)
     counts = Counter(r["class"] for r in rows)
     assert counts == {c: 8 for c in classes}
-    keys = [(r["class"], C.normalize_text(r["text"])) for r in rows]
+    keys = [(r["class"], CT.normalize_text(r["text"])) for r in rows]
     assert len(keys) == len(set(keys))
     assert stub.count("dup") >= 1 and report.duplicates == stub.count("dup")
     assert report.requests == stub.count()
@@ -212,9 +215,9 @@ def test_resume_generates_only_missing(serve, tmp_path):
     L.generate_captions(serve(third), "m", 6, out, classes=CLASSES, concurrency=2,
                         sleep=lambda s: None, progress=False)
     assert third.ok == {c: 1 for c in CLASSES}
-    caps = C.read_jsonl_captions(out, allow_truncated_tail=False)  # strict: the file is whole again
+    caps = CF.read_jsonl_captions(out, allow_truncated_tail=False)  # strict: the file is whole again
     assert Counter(c.class_name for c in caps) == {c: 6 for c in CLASSES}
-    assert len({(c.class_name, C.normalize_text(c.text)) for c in caps}) == 18
+    assert len({(c.class_name, CT.normalize_text(c.text)) for c in caps}) == 18
 
     # Nothing missing: no request at all. A smaller target never deletes anything.
     fourth = Stub()

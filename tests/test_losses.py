@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from fungizsl import losses
-from fungizsl.train import sharding
+from fungizsl import placement
 
 
 def _normalize(x):
@@ -193,8 +193,8 @@ def test_jit_on_sharded_batch_equals_single_device(data, fsdp):
     single_loss, single_grads = jax.jit(jax.value_and_grad(
         lambda a, b: losses.clip_loss(a, b, 10.0)[0], argnums=(0, 1)))(zimg, ztxt)
 
-    mesh = sharding.make_mesh(data=data, fsdp=fsdp)
-    batch = sharding.shard_batch({"zimg": zimg, "ztxt": ztxt}, mesh)
+    mesh = placement.make_mesh(data=data, fsdp=fsdp)
+    batch = placement.shard_batch({"zimg": zimg, "ztxt": ztxt}, mesh)
     assert batch["zimg"].sharding.shard_shape(batch["zimg"].shape) == (2, 8)
     sharded_loss, sharded_grads = jax.jit(jax.value_and_grad(
         lambda a, b: losses.clip_loss(a, b, 10.0)[0], argnums=(0, 1)))(batch["zimg"], batch["ztxt"])
@@ -214,9 +214,9 @@ def test_projection_grads_on_mesh_and_shard_map_equal_single_device(data, fsdp, 
     single_fn = _projected_loss(plain, class_aware)
     single_loss, single_grads = jax.jit(jax.value_and_grad(single_fn))(params, inputs)
 
-    mesh = sharding.make_mesh(data=data, fsdp=fsdp)
-    sharded_inputs = sharding.shard_batch(inputs, mesh)
-    replicated = jax.device_put(params, sharding.replicated(mesh))
+    mesh = placement.make_mesh(data=data, fsdp=fsdp)
+    sharded_inputs = placement.shard_batch(inputs, mesh)
+    replicated = jax.device_put(params, placement.replicated(mesh))
 
     jit_loss, jit_grads = jax.jit(jax.value_and_grad(single_fn))(replicated, sharded_inputs)
     np.testing.assert_allclose(float(jit_loss), float(single_loss), atol=1e-5)
@@ -233,8 +233,8 @@ def test_shard_map_metrics_equal_single_device():
     zimg, ztxt = _embeddings(seed=5)
     ztxt[:8] = zimg[:8]  # half the pairs aligned: top-1 metrics strictly between 0 and 1
     single_loss, single = losses.clip_loss(zimg, ztxt, 10.0)
-    mesh = sharding.make_mesh(data=4, fsdp=2)
-    batch = sharding.shard_batch({"zimg": zimg, "ztxt": ztxt}, mesh)
+    mesh = placement.make_mesh(data=4, fsdp=2)
+    batch = placement.shard_batch({"zimg": zimg, "ztxt": ztxt}, mesh)
     loss, metrics = jax.jit(losses.clip_loss_sharded(mesh))(batch["zimg"], batch["ztxt"], 10.0)
     np.testing.assert_allclose(float(loss), float(single_loss), atol=1e-5)
     for key in ("l_image", "l_text", "i2t_top1", "t2i_top1"):

@@ -458,7 +458,7 @@ def test_random_resized_crop_box_stays_inside():
 def test_to_global_batch_on_an_eight_device_mesh(encoded, captions, tokenizer_dir):
     import jax
 
-    from fungizsl.train.sharding import make_mesh
+    from fungizsl.placement import make_mesh
 
     mesh = make_mesh(data=4, fsdp=2)
     batch = next(train_iterator(encoded, global_batch_size=16, process_index=0, process_count=1,

@@ -9,7 +9,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fungizsl.models import resnet
-from fungizsl.train import sharding
+from fungizsl import placement
 
 TINY = resnet.ResNetConfig(layers=(1, 1, 1, 1), width=8, heads=4, output_dim=16, image_size=64)
 
@@ -32,7 +32,7 @@ def test_batch_statistics_are_global_under_jit_with_a_sharded_batch():
         return out["pooled"], updated["batch_stats"]
 
     want_pooled, want_stats = jax.jit(step)(variables, images)
-    mesh = sharding.make_mesh(data=8, fsdp=1)
+    mesh = placement.make_mesh(data=8, fsdp=1)
     sharded = jax.device_put(images, NamedSharding(mesh, P(("data", "fsdp"))))
     assert len(sharded.addressable_shards) == 8 and sharded.addressable_shards[0].data.shape[0] == 2
     got_pooled, got_stats = jax.jit(step)(variables, sharded)

@@ -1,4 +1,4 @@
-"""Tests of scene parameters and the caption grammar (fungizsl.data.scene_params, scene_captions)."""
+"""Tests of scene parameters and the caption grammar (fungizsl.data.scene_params, scene_phrases, scene_captions)."""
 
 import dataclasses
 import re
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fungizsl.data import scene_captions as sc
+from fungizsl.data import scene_phrases as sp
 from fungizsl.data import synthetic
 from fungizsl.data.scene_params import SceneParams
 
@@ -84,7 +85,7 @@ def test_paper_preset_coverage_is_the_painted_fraction():
 
 
 def test_banks_share_no_phrase_id_or_text():
-    for slot, banks in sc.PHRASES.items():
+    for slot, banks in sp.PHRASES.items():
         train = {p.text for p in banks["train"]}
         heldout = {p.text for p in banks["heldout"]}
         assert train and heldout, f"slot {slot} needs phrases in both banks"
@@ -102,7 +103,7 @@ def test_training_captions_and_heldout_prompts_share_no_phrasing(training_captio
     assert not train_ids & prompt_ids
     # the literal wording of every held-out phrase (3+ words between placeholders) never occurs in training text
     corpus = " || ".join(c.text.lower() for _, c in training_captions)
-    for banks in sc.PHRASES.values():
+    for banks in sp.PHRASES.values():
         for phrase in banks["heldout"]:
             for chunk in re.split(r"\{[a-zA-Z_]+\}", phrase.text):
                 chunk = " ".join(chunk.strip(" ,.:;").split()).lower()
@@ -114,7 +115,7 @@ def test_training_captions_and_heldout_prompts_share_no_phrasing(training_captio
 
 def test_training_uses_most_of_its_bank(training_captions):
     train_ids = {i for _, c in training_captions for i in c.phrase_ids}
-    reachable = {p.id for slot, banks in sc.PHRASES.items() for p in banks["train"]
+    reachable = {p.id for slot, banks in sp.PHRASES.items() for p in banks["train"]
                  if not slot.startswith(("imaging.white", "shape.", "size."))}
     assert len(train_ids & reachable) / len(reachable) > 0.9
 
@@ -128,8 +129,8 @@ def _scene(**kw) -> SceneParams:
 
 def test_caption_states_the_spore_count_and_shape_of_its_image():
     scene = _scene(spores=3, spore_aspect=0.55, spore_size=4.0, background="darkfield", colour="white")
-    elliptical = {p.text for p in sc.PHRASES["shape.elliptical"]["train"]}
-    other_shapes = {p.text for s in ("shape.round", "shape.oval") for p in sc.PHRASES[s]["train"]}
+    elliptical = {p.text for p in sp.PHRASES["shape.elliptical"]["train"]}
+    other_shapes = {p.text for s in ("shape.round", "shape.oval") for p in sp.PHRASES[s]["train"]}
     rng = np.random.default_rng(3)
     seen = set()
     for _ in range(300):
@@ -150,7 +151,7 @@ def test_caption_states_the_spore_count_and_shape_of_its_image():
 def test_caption_states_branching_depth_and_density():
     scene = _scene(stage="mycelium", colonies=4, branch_depth=7, initial_branches=11, branches=900,
                    branches_in_view=800, coverage=0.3, filament_width=1.2)
-    dense = {p.text for p in sc.PHRASES["density.dense"]["train"]}
+    dense = {p.text for p in sp.PHRASES["density.dense"]["train"]}
     rng = np.random.default_rng(5)
     seen = set()
     for _ in range(300):
@@ -199,7 +200,7 @@ def test_many_distinct_captions_per_class_and_stage_named_about_half(training_ca
         named = np.mean(["stage" in d.mentions for d in drawn])
         assert 0.35 < named < 0.65, (stage, named)
         frames = {i for d in drawn for i in d.phrase_ids if i.startswith("train:frame:")}
-        assert len(frames) == len(sc.PHRASES["frame"]["train"])
+        assert len(frames) == len(sp.PHRASES["frame"]["train"])
 
 
 def test_stage_name_is_the_only_giveaway_when_present(training_captions):
@@ -229,9 +230,9 @@ def test_unknown_bank_is_an_error():
 
 def test_number_text():
     rng = np.random.default_rng(0)
-    assert {sc.number_text(7, rng) for _ in range(50)} == {"7", "seven"}
-    assert all(sc.number_text(45, rng, approximate=False) in ("45",) for _ in range(20))
-    approx = {sc.number_text(47, rng) for _ in range(200)}
+    assert {sp.number_text(7, rng) for _ in range(50)} == {"7", "seven"}
+    assert all(sp.number_text(45, rng, approximate=False) in ("45",) for _ in range(20))
+    approx = {sp.number_text(47, rng) for _ in range(200)}
     assert "47" in approx and ("about 45" in approx or "roughly 45" in approx) and "dozens of" in approx
 
 

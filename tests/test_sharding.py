@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fungizsl.models import two_towers
-from fungizsl.train import sharding
+from fungizsl import placement
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +30,10 @@ def test_sharded_clip_forward_matches_single_device(tiny_clip, data, fsdp):
     forward = lambda p, x, t: model.apply({"params": p}, x, t)
     single = jax.jit(forward)(params, jnp.asarray(images), jnp.asarray(ids))
 
-    mesh = sharding.make_mesh(data=data, fsdp=fsdp)
-    batch = sharding.shard_batch({"images": images, "ids": ids}, mesh)
+    mesh = placement.make_mesh(data=data, fsdp=fsdp)
+    batch = placement.shard_batch({"images": images, "ids": ids}, mesh)
     assert batch["images"].sharding.shard_shape(batch["images"].shape) == (2, 32, 32, 3)
-    param_shardings = sharding.fsdp_sharding(params, mesh, min_size=1024)
+    param_shardings = placement.fsdp_sharding(params, mesh, min_size=1024)
     placed = jax.device_put(params, param_shardings)
     sharded = jax.jit(forward)(placed, batch["images"], batch["ids"])
 
@@ -47,8 +47,8 @@ def test_sharded_clip_forward_matches_single_device(tiny_clip, data, fsdp):
 
 def test_mesh_and_batch_errors_are_clear():
     with pytest.raises(ValueError, match="must divide"):
-        sharding.make_mesh(fsdp=3)
+        placement.make_mesh(fsdp=3)
     with pytest.raises(ValueError, match="does not equal"):
-        sharding.make_mesh(data=3, fsdp=2)
+        placement.make_mesh(data=3, fsdp=2)
     with pytest.raises(ValueError, match="not divisible"):
-        sharding.shard_batch({"x": np.zeros((6, 2))}, sharding.make_mesh())
+        placement.shard_batch({"x": np.zeros((6, 2))}, placement.make_mesh())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fungizsl.data import synthetic
+from fungizsl.data import contact_sheets, synthetic
 from fungizsl.data.render_shapes import build_scene
 from fungizsl.data.synthetic import (
     EXTRA_STAGES,
@@ -263,9 +263,9 @@ def test_cli_writes_contact_sheet(tmp_path):
     assert cli.main(argv) == 0
     sheet = Image.open(out)
     assert sheet.format == "PNG"
-    assert sheet.size == synthetic.sheet_size(2, 3, 48)
+    assert sheet.size == contact_sheets.sheet_size(2, 3, 48)
     assert sheet.width >= 3 * 48 and sheet.height >= 2 * 48
-    x, y = synthetic.tile_origin(1, 2, 48)  # row "mycelium", third sample
+    x, y = contact_sheets.tile_origin(1, 2, 48)  # row "mycelium", third sample
     tile = np.asarray(sheet.convert("RGB"))[y:y + 48, x:x + 48]
     assert np.array_equal(tile, render_image("mycelium", 2, 2, RenderConfig(image_size=48, preset="paper")))
 
@@ -278,10 +278,10 @@ def test_cli_writes_captioned_sheet_and_prints_the_captions(tmp_path, capsys):
     assert cli.main(argv) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("wrote")]
     assert [line.split(":")[0] for line in printed] == ["spore 0", "spore 1", "hyphae 0", "hyphae 1"]
-    sheet, listing = synthetic.captioned_sheet(RenderConfig(image_size=40, stages=("spore", "hyphae")), 2)
+    sheet, listing = contact_sheets.captioned_sheet(RenderConfig(image_size=40, stages=("spore", "hyphae")), 2)
     assert [f"{stage} {i}: {text}" for stage, i, text in listing] == printed
     assert Image.open(out).size == sheet.size
-    rows = np.asarray(sheet.convert("L"))[40:, : synthetic.CAPTION_TILE_WIDTH]  # the text under the first image
+    rows = np.asarray(sheet.convert("L"))[40:, : contact_sheets.CAPTION_TILE_WIDTH]  # the text under the first image
     assert (rows < 100).sum() > 200
 
 

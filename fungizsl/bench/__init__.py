@@ -6,5 +6,5 @@ Modules: `clip_step` (the trainer's jit step on a synthetic batch), `torch_clip`
 CLIPModel trained the same way; imported only with --reference=torch), `measure` (interleaved
 timing, device peak, model FLOPs, memory), `profile` (per-op trace buckets), `input_rate`
 (Grain pipeline alone), `scaling` (batch/resolution sweep, FSDP memory per device, loss
-communication volume). See README "Benchmarks".
+communication volume). See docs/benchmarks.md.
 """

@@ -18,8 +18,11 @@ import datetime
 import json
 import os
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from fungizsl.bench import runner, scaling
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config, e.g. configs/fungalzsl.py:arch=tiny")
 flags.DEFINE_enum("reference", "none", ["none", "torch"], "also run transformers' PyTorch CLIPModel")
@@ -49,9 +52,7 @@ def main(argv) -> None:
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    import jax
 
-    from fungizsl.bench import runner
 
     config = _CONFIG.value
     device = runner.device_info()
@@ -68,8 +69,6 @@ def main(argv) -> None:
                                  reference=FLAGS.reference, torch_modes=FLAGS.torch_modes,
                                  profile=FLAGS.profile, pipeline=FLAGS.pipeline, embed=FLAGS.embed))
     if FLAGS.sweep:
-        from fungizsl.bench import scaling
-
         result["sweep"] = scaling.sweep(config, _ints(FLAGS.sweep_batches), _ints(FLAGS.sweep_resolutions),
                                         dtypes[0], rounds=max(2, FLAGS.steps // 2))
         result["fsdp_memory"] = scaling.fsdp_memory_table(FLAGS.fsdp_arch, _ints(FLAGS.fsdp_devices))

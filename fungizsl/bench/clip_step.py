@@ -10,13 +10,13 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from fungizsl import placement
 from fungizsl.bench import measure
 from fungizsl.models import two_towers
-from fungizsl.train import core, sharding
-from fungizsl.train import fungalzsl as trainer
+from fungizsl.train import core
+from fungizsl.fungalzsl import trainer
 
 
 @dataclasses.dataclass
@@ -62,7 +62,7 @@ def build(config, batch_size: int, dtype: str, image_size: int | None = None, me
     task = core.Task(name="fungalzsl_bench", init_variables=trainer.init_fn(model),
                      loss_fn=trainer.make_loss_fn(model, config.loss.class_aware, config.loss.get("combine", "mean")),
                      train_iterator=None, evaluate=lambda *a: {}, post_update=trainer.clamp_logit_scale)
-    mesh = mesh or sharding.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
+    mesh = mesh or placement.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
     return ClipBench(config, model, params, core.build(config, task, mesh), mesh, batch_size)
 
 
@@ -81,7 +81,7 @@ def synthetic_batch(bench: ClipBench, seed: int = 0) -> dict:
 
 
 def place_batch(bench: ClipBench, batch: dict):
-    return sharding.shard_batch(batch, bench.mesh)
+    return placement.shard_batch(batch, bench.mesh)
 
 
 def new_state(bench: ClipBench):

@@ -11,7 +11,7 @@ import tempfile
 import time
 
 from fungizsl import tokenizers
-from fungizsl.train import fungalzsl_data
+from fungizsl.fungalzsl import inputs
 
 
 def pipeline_images_per_sec(config, batch_size: int, batches: int = 8, records: int = 384) -> dict:
@@ -20,11 +20,11 @@ def pipeline_images_per_sec(config, batch_size: int, batches: int = 8, records: 
     config.data.per_class.train = max(1, records // len(config.data.stages))
     note = ""
     try:
-        data = fungalzsl_data.FungalZSLData(config)
+        data = inputs.FungalZSLData(config)
     except (FileNotFoundError, ValueError) as error:
         note = f"captions={config.data.captions!r} unavailable ({type(error).__name__}); used templates"
         config.data.captions = "templates"
-        data = fungalzsl_data.FungalZSLData(config)
+        data = inputs.FungalZSLData(config)
     folder = tempfile.mkdtemp(prefix="fungizsl_bench_bpe_")
     tokenizer = tokenizers.train_bpe_tokenizer(data.tokenizer_corpus(), int(config.model.vocab_size), folder,
                                                context_length=int(config.model.text_context))

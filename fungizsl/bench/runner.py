@@ -7,7 +7,7 @@ import time
 import jax
 import numpy as np
 
-from fungizsl.bench import clip_step, measure
+from fungizsl.bench import clip_step, input_rate, measure
 from fungizsl.bench import profile as op_profile
 
 PRIMARY = {"cpu": "float32"}  # the headline dtype per platform; accelerators: bfloat16
@@ -24,7 +24,7 @@ def device_info() -> dict:
 
 
 def _torch_contenders(bench, batch_np, modes, dtype, threads):
-    from fungizsl.bench import torch_clip
+    from fungizsl.bench import torch_clip  # PyTorch: only for --reference=torch
 
     config = bench.config
     tbatch = torch_clip.to_torch_batch(batch_np)
@@ -98,7 +98,7 @@ def _embed(bench, batch_np, rounds, reference, dtype, threads) -> dict:
     compiled = fn.lower(params, images).compile()
     contenders = {"jax": lambda: measure.block(compiled(params, images))}
     if reference == "torch":
-        from fungizsl.bench import torch_clip
+        from fungizsl.bench import torch_clip  # PyTorch: only for --reference=torch
 
         hf = torch_clip.build(bench.model, bench.params, threads).eval()
         embed = torch_clip.make_embed_images(hf, dtype)
@@ -149,8 +149,6 @@ def run_all(config, *, batch, dtypes, rounds, reference, torch_modes, profile, p
         "peak_memory_bytes": measure.device_peak_memory() or primary["memory"].get("peak_estimate"),
     }
     if pipeline:
-        from fungizsl.bench import input_rate
-
         rate = input_rate.pipeline_images_per_sec(config, batch)
         out["pipeline"] = rate
         out["pipeline_images_per_sec"] = rate["images_per_sec"]

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fungizsl import losses, placement
 from fungizsl.bench import clip_step, measure
+from fungizsl.train import core
 
 _COLLECTIVE = re.compile(r"= (\([^=]*?\)|[a-z0-9]+\[[^\]]*\][^ ]*) (all-gather|all-reduce|reduce-scatter|"
                          r"collective-permute|all-to-all)(-start)?\(")
@@ -78,18 +80,17 @@ def _state_bytes_per_device(abstract_state, shardings) -> dict:
 def fsdp_child(arch: str, batch: int, resolution: int | None) -> dict:
     """In a process with N devices: the FSDP config's train step, compiled, on an fsdp=N mesh."""
     from configs import fungalzsl as configs
-    from fungizsl.train import core, sharding
 
     n = jax.device_count()
     config = configs.get_config(f"arch={arch}")
     config.sharding_rules = ((".*", "fsdp"),)
-    mesh = sharding.make_mesh(data=1, fsdp=n)
+    mesh = placement.make_mesh(data=1, fsdp=n)
     bench = clip_step.build(config, batch, config.model.dtype, image_size=resolution, mesh=mesh,
                             params={})  # compile only: no parameter values needed
     abstract_state = bench.trainable.abstract_state
     state = core.sharded_abstract(bench.trainable)
     batch_abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)),
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement.batch_sharding(mesh)),
         clip_step.synthetic_batch(bench))
     start = time.perf_counter()
     compiled = clip_step.train_step_fn(bench).lower(state, batch_abstract).compile()
@@ -102,13 +103,11 @@ def fsdp_child(arch: str, batch: int, resolution: int | None) -> dict:
 def loss_comm_child(batches, dim: int = 512) -> list[dict]:
     """Collective bytes of the contrastive loss + its gradient (w.r.t. both embeddings), batch
     split over every device, for the jit (XLA-inserted) and shard_map (explicit) versions."""
-    from fungizsl import losses
-    from fungizsl.train import sharding
 
-    mesh = sharding.make_mesh()
+    mesh = placement.make_mesh()
     rows = []
     for batch in batches:
-        spec = jax.ShapeDtypeStruct((batch, dim), jnp.float32, sharding=sharding.batch_sharding(mesh))
+        spec = jax.ShapeDtypeStruct((batch, dim), jnp.float32, sharding=placement.batch_sharding(mesh))
         for name, loss in (("jit", lambda a, b: losses.clip_loss(a, b, 10.0)[0]),
                            ("shard_map", lambda a, b, f=losses.clip_loss_sharded(mesh): f(a, b, 10.0)[0])):
             compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(spec, spec).compile()

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import grain
 import numpy as np
 
+from fungizsl.tokenizers import load_tokenizer
+
 
 @dataclasses.dataclass(frozen=True)
 class CaptionTable:
@@ -55,8 +57,6 @@ def build_caption_table(captions_by_class, class_names: Sequence[str], tokenizer
         raise ValueError(f"captions_by_class has no captions for class(es) {', '.join(missing)} of class_names; "
                          f"it has {', '.join(sorted(captions_by_class)) or 'none'}")
     if isinstance(tokenizer, (str, os.PathLike)):
-        from fungizsl.tokenizers import load_tokenizer
-
         tokenizer = load_tokenizer(tokenizer, length=context_length)
     elif context_length is not None:
         raise ValueError("context_length applies when tokenizer is a folder; a tokenizer object has its own")

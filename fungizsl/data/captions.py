@@ -1,64 +1,40 @@
-"""Caption corpora: the FungalZSL paper's captions, hand-written templates and user JSONL files.
+"""Caption sources: named corpora of growth-stage captions, built by name from a registry.
 
-Every source yields :class:`Caption` records and offers ``by_class()`` (class -> list of texts),
-so experiments can swap the text side of zero-shot classification the way the paper compared
-caption sources::
+The corpora are the FungalZSL paper's captions (:mod:`fungizsl.data.caption_files` reads them),
+hand-written templates, user JSONL files and captions written from each rendered image's scene
+(:mod:`fungizsl.data.scene_captions`). Every source yields
+:class:`~fungizsl.data.caption_text.Caption` records and offers ``by_class()`` (class -> list of
+texts), so experiments can swap the text side of zero-shot classification the way the paper
+compared caption sources::
 
     src = get_caption_source("fungalzsl_split", root="../shared/data/fungalzsl", split="train")
     texts = src.by_class()                      # {"spore": [...], "hyphae": [...], ...}
 
-Two traps in the FungalZSL files, both handled at read time:
-
-* ``temperature``. Each split entry carries a ``temperature`` field, but in the released data it
-  is a constant per class (spore 300.0, hyphae 340.0, mycelium 365.0). It is a label in disguise:
-  any model or feature that sees it can classify perfectly without looking at the image or the
-  text. The readers therefore never put it into a :class:`Caption`; it is dropped as the JSON is
-  parsed.
-* The prompt prefix. Every description starts with the prompt its LLM was given (for example
-  "Describe the early stage of fungal growth, focusing on spore formation. Spores are small
-  reproductive units, ..."), identical for every description of a class. A text benchmark on the
-  raw descriptions mostly measures that prefix. ``strip_prompt=True`` removes it: the prefix of
-  each class is detected as the longest run of leading *sentences* that all descriptions of the
-  class share (:func:`detect_prompt_prefix`), or given explicitly as ``prompts={class: text}``.
-  A description that is nothing but the prompt (the real hyphae files have a few) has no text of
-  its own left; such entries are dropped, with a warning, unless ``drop_empty=False``.
+The FungalZSL sources strip each class's prompt prefix by default (``strip_prompt=True``; see
+:mod:`fungizsl.data.caption_text`) and never pass the split files' ``temperature`` on (see
+:mod:`fungizsl.data.caption_files`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
 import pathlib
-import re
-import warnings
 import zlib
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
+
+from fungizsl.data import scene_captions, scene_phrases
+from fungizsl.data.caption_files import (FUNGALZSL_CLASSES, FUNGALZSL_SPLITS, GENERATED_FILE, SPLIT_ALIASES,
+                                         read_generated_captions, read_jsonl_captions, read_split_file)
+from fungizsl.data.caption_text import Caption, CaptionStats, caption_stats, deduplicate, group_by_class
+from fungizsl.data.scene_params import SceneParams
+
 __all__ = [
-    "Caption",
     "CaptionSource",
-    "CaptionStats",
-    "FUNGALZSL_CLASSES",
     "GROWTH_STAGES",
-    "FUNGALZSL_SPLITS",
     "TEMPLATES",
     "STAGE_PHRASES",
-    "read_split_file",
-    "read_generated_captions",
-    "read_jsonl_captions",
-    "iter_jsonl",
-    "detect_prompt_prefix",
-    "detect_prompt_prefixes",
-    "strip_prefix",
-    "strip_prompts",
-    "split_sentences",
-    "normalize_text",
-    "deduplicate",
-    "caption_stats",
-    "group_by_class",
     "register_caption_source",
     "get_caption_source",
     "available_caption_sources",
@@ -71,8 +47,6 @@ __all__ = [
     "SceneHeldoutPromptSource",
 ]
 
-#: The three classes of the FungalZSL data, in the paper's order.
-FUNGALZSL_CLASSES: tuple[str, ...] = ("spore", "hyphae", "mycelium")
 #: All growth stages this project knows: the paper's three plus two intermediate stages.
 GROWTH_STAGES: tuple[str, ...] = (
     "spore",
@@ -81,370 +55,6 @@ GROWTH_STAGES: tuple[str, ...] = (
     "sporulating_hyphae",
     "mycelium",
 )
-#: Split name -> file name inside a FungalZSL folder.
-FUNGALZSL_SPLITS: dict[str, str] = {
-    "train": "train_data.json",
-    "val": "val_data.json",
-    "test": "test_data.json",
-}
-_SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
-GENERATED_FILE = "generated_captions.json"
-
-
-# --------------------------------------------------------------------------------------------
-# Records
-
-
-@dataclasses.dataclass(frozen=True)
-class Caption:
-    """One caption: the class it describes, its text, where it came from, and its image if any."""
-
-    class_name: str
-    text: str
-    source: str
-    image_path: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class CaptionStats:
-    """Per-class corpus statistics: ``count`` captions, ``unique`` after de-duplication."""
-
-    count: int
-    unique: int
-    mean_words: float
-
-
-# --------------------------------------------------------------------------------------------
-# Text helpers
-
-_WS = re.compile(r"\s+")
-# A sentence ends at . ! or ?, optionally followed by closing quotes/brackets, then whitespace.
-_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
-
-
-def normalize_text(text: str) -> str:
-    """The de-duplication key of a text: case-folded, whitespace collapsed, ends trimmed."""
-    return _WS.sub(" ", text).strip().casefold()
-
-
-def _sentence_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each sentence of ``text``, surrounding whitespace excluded; a tail without
-    an end mark counts as one sentence."""
-    spans = []
-    pos = 0
-    n = len(text)
-    while pos < n:
-        while pos < n and text[pos].isspace():
-            pos += 1
-        if pos >= n:
-            break
-        m = _SENTENCE_END.search(text, pos)
-        end = m.end() if m else len(text.rstrip())
-        spans.append((pos, end))
-        pos = end
-    return spans
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of ``text`` (split after . ! ? followed by whitespace), whitespace-normalised."""
-    return [_WS.sub(" ", text[s:e]) for s, e in _sentence_spans(text)]
-
-
-def _match_prefix(text: str, prefix: str) -> int | None:
-    """Index in ``text`` just past ``prefix`` if ``text`` starts with it, whitespace runs being
-    interchangeable (leading whitespace ignored); None when it does not."""
-    i = 0
-    n = len(text)
-    while i < n and text[i].isspace():
-        i += 1
-    p = prefix.strip()
-    j = 0
-    m = len(p)
-    while j < m:
-        if p[j].isspace():
-            if i >= n or not text[i].isspace():
-                return None
-            while i < n and text[i].isspace():
-                i += 1
-            while j < m and p[j].isspace():
-                j += 1
-            continue
-        if i >= n or text[i] != p[j]:
-            return None
-        i += 1
-        j += 1
-    # Cut only at a boundary: never in the middle of a word.
-    if i < n and m and p[-1].isalnum() and text[i].isalnum():
-        return None
-    return i
-
-
-def strip_prefix(text: str, prefix: str) -> str:
-    """``text`` without ``prefix`` (whitespace-insensitive match), trimmed; unchanged if absent."""
-    if not prefix or not prefix.strip():
-        return text.strip()
-    cut = _match_prefix(text, prefix)
-    if cut is None:
-        return text.strip()
-    return text[cut:].strip()
-
-
-def detect_prompt_prefix(texts: Sequence[str], *, min_fraction: float = 1.0) -> str:
-    """The longest run of leading sentences that (at least ``min_fraction`` of) ``texts`` share.
-
-    The comparison is per sentence, so the prefix always ends at a sentence boundary. Returns ""
-    when there is no such prefix, when fewer than two texts share it, or when it would leave every
-    text empty (all texts identical: nothing to tell prompt from description).
-    """
-    if not 0.0 < min_fraction <= 1.0:
-        raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction}")
-    texts = list(texts)
-    if len(texts) < 2:
-        return ""
-    needed = max(2, math.ceil(min_fraction * len(texts)))
-    sentences = [split_sentences(t) for t in texts]
-    shared: list[str] = []
-    candidates = list(range(len(texts)))
-    k = 0
-    while True:
-        counts = Counter(sentences[i][k] for i in candidates if len(sentences[i]) > k)
-        if not counts:
-            break
-        sentence, count = counts.most_common(1)[0]
-        if count < needed:
-            break
-        candidates = [i for i in candidates if len(sentences[i]) > k and sentences[i][k] == sentence]
-        shared.append(sentence)
-        k += 1
-    if not shared:
-        return ""
-    # A "prefix" that is every text in full is no prefix at all.
-    if all(len(s) == k for s in sentences):
-        return ""
-    return " ".join(shared)
-
-
-def group_by_class(captions: Iterable[Caption]) -> dict[str, list[str]]:
-    """class -> list of texts, classes in first-seen order."""
-    out: dict[str, list[str]] = {}
-    for c in captions:
-        out.setdefault(c.class_name, []).append(c.text)
-    return out
-
-
-def detect_prompt_prefixes(captions: Iterable[Caption] | Mapping[str, Sequence[str]], *,
-                           min_fraction: float = 1.0) -> dict[str, str]:
-    """class -> detected prompt prefix ("" when none), from captions or a class -> texts map."""
-    by_class = captions if isinstance(captions, Mapping) else group_by_class(captions)
-    return {c: detect_prompt_prefix(texts, min_fraction=min_fraction) for c, texts in by_class.items()}
-
-
-def strip_prompts(captions: Sequence[Caption], *, prompts: Mapping[str, str] | None = None,
-                  min_fraction: float = 1.0, drop_empty: bool = True,
-                  origin: str = "captions", _stacklevel: int = 2) -> list[Caption]:
-    """Remove each class's prompt prefix from its captions.
-
-    ``prompts`` maps class -> prompt text; classes it does not name get a detected prefix
-    (:func:`detect_prompt_prefix`). A caption left empty is dropped with a warning naming
-    ``origin`` (or kept as "" when ``drop_empty=False``).
-    """
-    prompts = dict(prompts or {})
-    missing = {c.class_name for c in captions} - prompts.keys()
-    if missing:
-        detected = detect_prompt_prefixes(
-            {k: v for k, v in group_by_class(captions).items() if k in missing},
-            min_fraction=min_fraction,
-        )
-        prompts.update(detected)
-    out = []
-    dropped: Counter[str] = Counter()
-    for c in captions:
-        text = strip_prefix(c.text, prompts.get(c.class_name, ""))
-        if not text and drop_empty:
-            dropped[c.class_name] += 1
-            continue
-        out.append(dataclasses.replace(c, text=text))
-    if dropped:
-        detail = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()))
-        warnings.warn(
-            f"{origin}: dropped {sum(dropped.values())} description(s) that were only their "
-            f"class's prompt ({detail})",
-            stacklevel=_stacklevel,
-        )
-    return out
-
-
-def deduplicate(captions: Iterable[Caption], *, across_classes: bool = False) -> list[Caption]:
-    """Keep the first caption of each normalised text (per class, or over all classes)."""
-    seen: set = set()
-    out = []
-    for c in captions:
-        key = normalize_text(c.text) if across_classes else (c.class_name, normalize_text(c.text))
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(c)
-    return out
-
-
-def caption_stats(captions: Iterable[Caption] | Mapping[str, Sequence[str]]) -> dict[str, CaptionStats]:
-    """class -> :class:`CaptionStats` (captions, unique captions, mean words per caption)."""
-    by_class = captions if isinstance(captions, Mapping) else group_by_class(captions)
-    out = {}
-    for cls, texts in by_class.items():
-        texts = list(texts)
-        words = [len(t.split()) for t in texts]
-        out[cls] = CaptionStats(
-            count=len(texts),
-            unique=len({normalize_text(t) for t in texts}),
-            mean_words=(sum(words) / len(words)) if words else 0.0,
-        )
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Readers
-
-
-def _load_json_list(path: str | os.PathLike) -> tuple[pathlib.Path, list]:
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: caption file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
-    return path, data
-
-
-def _field(path, index: int, entry, name: str, *, classes: Sequence[str] | None = None) -> str:
-    where = f"{path}: entry {index}"
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-    if name not in entry:
-        raise ValueError(f"{where}: missing field {name!r}")
-    value = entry[name]
-    if not isinstance(value, str):
-        raise ValueError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise ValueError(f"{where}: field {name!r} is blank")
-    if classes is not None and value not in classes:
-        raise ValueError(f"{where}: field {name!r} has unknown class {value!r} (known: {', '.join(classes)})")
-    return value
-
-
-def _finish(captions: list[Caption], path, *, strip_prompt: bool, prompts, min_fraction,
-            drop_empty) -> list[Caption]:
-    if strip_prompt or prompts is not None:
-        captions = strip_prompts(captions, prompts=prompts, min_fraction=min_fraction,
-                                 drop_empty=drop_empty, origin=str(path), _stacklevel=4)
-    return captions
-
-
-def read_split_file(path: str | os.PathLike, *, strip_prompt: bool = False,
-                    prompts: Mapping[str, str] | None = None, min_fraction: float = 1.0,
-                    drop_empty: bool = True, classes: Sequence[str] | None = FUNGALZSL_CLASSES,
-                    source: str | None = None) -> list[Caption]:
-    """Read a FungalZSL split file (``train_data.json`` and co.): a JSON list of
-    ``{image_path, class_label, description, temperature}``.
-
-    ``temperature`` is dropped here on purpose (it is constant per class: a leaked label; see the
-    module docstring). ``strip_prompt`` removes each class's prompt prefix, detected per class
-    (sentences shared by at least ``min_fraction`` of the class) unless ``prompts`` gives it;
-    passing ``prompts`` implies stripping. ``classes`` is the set of allowed class labels
-    (None: any). Raises ValueError naming the file, the entry index and the field on bad input.
-    """
-    path, data = _load_json_list(path)
-    source = source or f"fungalzsl:{path.stem}"
-    captions = []
-    for i, entry in enumerate(data):
-        cls = _field(path, i, entry, "class_label", classes=classes)
-        text = _field(path, i, entry, "description")
-        image = _field(path, i, entry, "image_path")
-        # entry["temperature"] is deliberately never read: it encodes the class.
-        captions.append(Caption(class_name=cls, text=text.strip(), source=source, image_path=image))
-    return _finish(captions, path, strip_prompt=strip_prompt, prompts=prompts,
-                   min_fraction=min_fraction, drop_empty=drop_empty)
-
-
-def read_generated_captions(path: str | os.PathLike, *, strip_prompt: bool = False,
-                            prompts: Mapping[str, str] | None = None, min_fraction: float = 1.0,
-                            drop_empty: bool = True,
-                            classes: Sequence[str] | None = FUNGALZSL_CLASSES,
-                            source: str = "fungalzsl:generated") -> list[Caption]:
-    """Read ``generated_captions.json``: a JSON list of ``{description, class_label}``.
-
-    Options as for :func:`read_split_file`.
-    """
-    path, data = _load_json_list(path)
-    captions = []
-    for i, entry in enumerate(data):
-        cls = _field(path, i, entry, "class_label", classes=classes)
-        text = _field(path, i, entry, "description")
-        captions.append(Caption(class_name=cls, text=text.strip(), source=source))
-    return _finish(captions, path, strip_prompt=strip_prompt, prompts=prompts,
-                   min_fraction=min_fraction, drop_empty=drop_empty)
-
-
-def iter_jsonl(path: str | os.PathLike, *, allow_truncated_tail: bool = True
-               ) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file (1-based numbers).
-
-    A last line that has no newline and is not valid JSON is what an interrupted writer leaves
-    behind; with ``allow_truncated_tail`` it is skipped with a warning. Any other bad line raises
-    ValueError naming the file and line.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: JSONL file not found")
-    with open(path, "rb") as f:
-        raw = f.read()
-    lines = raw.split(b"\n")
-    complete_tail = raw.endswith(b"\n")
-    for number, line in enumerate(lines, start=1):
-        is_tail = number == len(lines)
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            if is_tail and not complete_tail and allow_truncated_tail:
-                warnings.warn(f"{path}: line {number}: ignoring truncated last line", stacklevel=2)
-                return
-            raise ValueError(f"{path}: line {number}: malformed JSON ({e})") from e
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}: line {number}: expected a JSON object, got {type(obj).__name__}")
-        yield number, obj
-
-
-def read_jsonl_captions(path: str | os.PathLike, *, classes: Sequence[str] | None = None,
-                        source: str | None = None, allow_truncated_tail: bool = True
-                        ) -> list[Caption]:
-    """Read a JSONL file of ``{"class": ..., "text": ...}`` lines (extra keys are ignored).
-
-    ``classes`` restricts the allowed class names (None: any non-blank name). Errors name the line.
-    """
-    path = pathlib.Path(path)
-    source = source or f"jsonl:{path.name}"
-    out = []
-    for number, obj in iter_jsonl(path, allow_truncated_tail=allow_truncated_tail):
-        where = f"{path}: line {number}"
-        for key in ("class", "text"):
-            if key not in obj:
-                raise ValueError(f"{where}: missing field {key!r}")
-            if not isinstance(obj[key], str) or not obj[key].strip():
-                raise ValueError(f"{where}: field {key!r} must be a non-blank string")
-        cls = obj["class"].strip()
-        if classes is not None and cls not in classes:
-            raise ValueError(f"{where}: field 'class' has unknown class {cls!r} (known: {', '.join(classes)})")
-        out.append(Caption(class_name=cls, text=obj["text"].strip(), source=source,
-                           image_path=obj.get("image_path") if isinstance(obj.get("image_path"), str) else None))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,7 +193,7 @@ class FungalZSLSplitSource(CaptionSource):
                  prompts: Mapping[str, str] | None = None, min_fraction: float = 1.0,
                  drop_empty: bool = True) -> None:
         super().__init__()
-        split = _SPLIT_ALIASES.get(split, split)
+        split = SPLIT_ALIASES.get(split, split)
         if split not in FUNGALZSL_SPLITS:
             raise ValueError(f"unknown FungalZSL split {split!r}; expected one of {', '.join(FUNGALZSL_SPLITS)}")
         self.path = pathlib.Path(root) / FUNGALZSL_SPLITS[split]
@@ -684,25 +294,19 @@ class SceneCaptionSource(CaptionSource):
     def __init__(self, classes: Sequence[str] | str | None = None, *, bank: str = "train",
                  per_class: int = 24, seed: int = 0) -> None:
         super().__init__()
-        from fungizsl.data import scene_captions  # noqa: PLC0415 (numpy only; keeps this module light)
-
-        if bank not in scene_captions.BANKS:
-            raise ValueError(f"scene: bank must be one of {scene_captions.BANKS}, got {bank!r}")
+        if bank not in scene_phrases.BANKS:
+            raise ValueError(f"scene: bank must be one of {scene_phrases.BANKS}, got {bank!r}")
         self._grammar = scene_captions
         self.class_names = _class_list(classes)
         self.bank, self.per_class, self.seed = bank, int(per_class), int(seed)
 
     def caption(self, scene, rng) -> str:
         """One caption of ``scene`` (a SceneParams or its JSON) drawn with the generator ``rng``."""
-        from fungizsl.data.scene_params import SceneParams  # noqa: PLC0415
-
         if not isinstance(scene, SceneParams):
             scene = SceneParams.from_json(scene)
         return self._grammar.caption(scene, rng, self.bank)
 
     def _load(self) -> list[Caption]:
-        import numpy as np  # noqa: PLC0415
-
         out = []
         for c in self.class_names:
             rng = np.random.default_rng([self.seed, zlib.crc32(c.encode())])
@@ -726,9 +330,8 @@ class SceneHeldoutPromptSource(CaptionSource):
         self.per_class, self.seed = int(per_class), int(seed)
 
     def _load(self) -> list[Caption]:
-        from fungizsl.data.scene_captions import class_prompts  # noqa: PLC0415
-
-        return [Caption(c, t, self.name) for c in self.class_names for t in class_prompts(c, self.per_class, self.seed)]
+        return [Caption(c, t, self.name) for c in self.class_names
+                for t in scene_captions.class_prompts(c, self.per_class, self.seed)]
 
 
 def _class_list(classes) -> list[str]:

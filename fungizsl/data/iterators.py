@@ -8,6 +8,8 @@ saved state restores into an iterator built with the same arguments, ``worker_co
 from __future__ import annotations
 
 import grain
+import orbax.checkpoint as ocp
+from absl import flags
 
 from fungizsl.data.datasets import make_eval_dataset, make_train_dataset
 from fungizsl.data.observations import make_observation_dataset
@@ -40,8 +42,6 @@ def iterate(dataset: grain.MapDataset, *, worker_count: int = 0, worker_buffer_s
 def _ensure_flags_parsed() -> None:
     """Grain's worker start reads absl flags. An absl app has parsed them by now; a plain script or a
     test has not, and would fail with UnparsedFlagAccessError, so fall back to the flag defaults."""
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -75,13 +75,9 @@ def make_observation_iterator(source, **kwargs) -> grain.DatasetIterator:
 def checkpoint_save_args(iterator: grain.DatasetIterator, **items):
     """``ocp.args.Composite`` saving ``iterator`` under :data:`ITERATOR_ITEM` next to ``items``
     (e.g. ``state=ocp.args.StandardSave(train_state)``)."""
-    import orbax.checkpoint as ocp
-
     return ocp.args.Composite(**{ITERATOR_ITEM: grain.checkpoint.CheckpointSave(iterator)}, **items)
 
 
 def checkpoint_restore_args(iterator: grain.DatasetIterator, **items):
     """The restoring counterpart of :func:`checkpoint_save_args`; restores ``iterator`` in place."""
-    import orbax.checkpoint as ocp
-
     return ocp.args.Composite(**{ITERATOR_ITEM: grain.checkpoint.CheckpointRestore(iterator)}, **items)

@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -62,8 +63,6 @@ def op_seed(seed: int, operation: str) -> int:
 
 def process_slot(process_index, process_count) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax
-
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     process_count = check_int("process_count", process_count, minimum=1)

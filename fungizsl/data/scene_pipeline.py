@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import grain
 import numpy as np
 
-from fungizsl.data import scene_captions
+from fungizsl.data import scene_captions, scene_phrases
 from fungizsl.data.records import describe_record
 from fungizsl.data.scene_params import SceneParams
 
@@ -52,8 +52,8 @@ class SceneCaptions(grain.transforms.RandomMap):
     """
 
     def __init__(self, tokenizer, *, bank: str = "train", scene_key: str = SCENE_KEY, source_name: str = "source"):
-        if bank not in scene_captions.BANKS:
-            raise ValueError(f"bank must be one of {scene_captions.BANKS}, got {bank!r}")
+        if bank not in scene_phrases.BANKS:
+            raise ValueError(f"bank must be one of {scene_phrases.BANKS}, got {bank!r}")
         if not callable(tokenizer):
             raise ValueError(f"tokenizer must be a tokenizer object, got {type(tokenizer).__name__}")
         self.tokenizer = tokenizer

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fungizsl.data import synthetic
 from fungizsl.data.records import check_int
 
 
@@ -49,8 +50,6 @@ class RenderedSource:
 
     def __init__(self, stages: Sequence[str] | None = None, n_per_stage: int = 100, seed: int = 0,
                  render_config=None, *, encoding: str | None = None):
-        from fungizsl.data import synthetic
-
         config = render_config or synthetic.RenderConfig()
         stages = tuple(config.stages if stages is None else stages)
         if not stages:
@@ -75,14 +74,12 @@ class RenderedSource:
         return len(self.stages) * self.n_per_stage
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from fungizsl.data.synthetic import render_scene
-
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"RenderedSource index {index} out of range [0, {len(self)})")
         label, render_index = index % len(self.stages), index // len(self.stages)
         stage = self.stages[label]
-        image, scene = render_scene(stage, render_index, self.seed, self.render_config)
+        image, scene = synthetic.render_scene(stage, render_index, self.seed, self.render_config)
         if self.encoding is not None:
             image = encode_image(image, self.encoding)
         return {"image": image, "label": label, "stage": stage, "render_index": render_index,

@@ -6,7 +6,7 @@ held-out data: T > 1 softens an over-confident model, T < 1 sharpens an under-co
 the argmax never changes. The expected-cost rule of `decisions.py` answers "poisonous" once the
 poisonous classes together pass roughly 1/(1 + 100), so it needs probabilities that mean what
 they say; this is what calibration buys it. T must be fitted on a split other than the one
-evaluated (the run's own validation split, `train/fungiclef_evaluate.py`), else the reported cost
+evaluated (the run's own validation split, `fungiclef/evaluate.py`), else the reported cost
 is tuned on its own answers.
 
 The fit works on beta = 1/T: NLL(beta) = mean_i [logsumexp_c(beta z_ic) - beta z_iy] is convex in
@@ -26,6 +26,7 @@ TEMPERATURE_RANGE = (1e-2, 1e2)  # a fit that reaches an end is reported as such
 
 
 def log_softmax(logits) -> np.ndarray:
+    """log softmax over the last axis, in float64 (the package's one numpy copy)."""
     x = np.asarray(logits, np.float64)
     x = x - x.max(-1, keepdims=True)
     return x - np.log(np.exp(x).sum(-1, keepdims=True))

@@ -39,7 +39,9 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from fungizsl.evaluate import calibration, register
+from fungizsl.evaluate import calibration
+from fungizsl.evaluate.registry import register
+from fungizsl.evaluate.taxonomy import softmax
 
 DEFAULT_COSTS = {"poisonous_as_edible": 100.0, "edible_as_poisonous": 1.0, "wrong_species": 1.0}
 CALIBRATIONS = ("temperature", "none")
@@ -52,11 +54,44 @@ def _costs(costs: Mapping[str, float] | None) -> dict[str, float]:
     return dict(DEFAULT_COSTS, **(costs or {}))
 
 
+def poison_flags(poisonous) -> np.ndarray:
+    """int64 [C] flags from a bool table (True poisonous, False edible) or an integer one
+    (1 poisonous, 0 edible, -1 (any negative) unknown)."""
+    flags = np.asarray(poisonous)
+    return flags.astype(np.int64) if flags.dtype == bool else np.where(flags < 0, -1, flags).astype(np.int64)
+
+
+def is_poisonous(poisonous) -> np.ndarray:
+    """bool [C] for the decision rule: an unknown flag (-1) counts as edible."""
+    return poison_flags(poisonous) == 1
+
+
+def poison_costs(labels, predictions, poisonous, poisonous_as_edible: float = 100.0,
+                 edible_as_poisonous: float = 1.0) -> dict[str, float]:
+    """The FungiCLEF 2023/24 poisonous-confusion cost of `predictions` against `labels` (class
+    indices [N]): (poisonous_as_edible x #poisonous predicted as edible + edible_as_poisonous x
+    #edible predicted as poisonous) / N, with both counts. The package's one definition: the
+    trainers' `poison_cost` and the decision metrics both come from here.
+
+    `poisonous` [C] is a bool table or 1 / 0 / -1 per class (see `poison_flags`). Unknown flags:
+    an observation whose true or predicted species has an unknown flag (-1) adds to neither count
+    (whether the answer is harmful cannot be told), and it still counts in N."""
+    y, p = np.asarray(labels).astype(np.int64), np.asarray(predictions).astype(np.int64)
+    flags = poison_flags(poisonous)
+    true_p, pred_p = flags[y], flags[p]
+    known = (true_p >= 0) & (pred_p >= 0)
+    psc = int(np.sum(known & (true_p == 1) & (pred_p == 0)))
+    esc = int(np.sum(known & (true_p == 0) & (pred_p == 1)))
+    cost = (poisonous_as_edible * psc + edible_as_poisonous * esc) / max(len(y), 1)
+    return {"poison_cost": float(cost), "poisonous_as_edible": psc, "edible_as_poisonous": esc}
+
+
 def expected_costs(probs, poisonous, costs: Mapping[str, float] | None = None) -> np.ndarray:
-    """[N, C]: the expected cost of answering each class, given class probabilities [N, C]."""
+    """[N, C]: the expected cost of answering each class, given class probabilities [N, C];
+    `poisonous` as in `poison_costs`, a class with an unknown flag is taken as edible here."""
     c = _costs(costs)
     probs = np.asarray(probs, np.float64)
-    poisonous = np.asarray(poisonous, bool)
+    poisonous = is_poisonous(poisonous)
     if probs.shape[-1] != len(poisonous):
         raise ValueError(f"probs have {probs.shape[-1]} classes, poisonous flags {len(poisonous)}")
     p_poisonous = probs[:, poisonous].sum(axis=1, keepdims=True)
@@ -66,23 +101,25 @@ def expected_costs(probs, poisonous, costs: Mapping[str, float] | None = None) -
 
 
 def decide(probs, poisonous, costs: Mapping[str, float] | None = None) -> np.ndarray:
-    """[N] the class of least expected cost (ties: lowest class index)."""
+    """[N] the class of least expected cost (ties: lowest class index).
+
+    The rule needs a yes or no per class: a class whose flag is unknown (-1) is decided on as
+    edible (its probability does not add to P(poisonous), and naming it costs 100 x P(poisonous)
+    like any edible answer). The cost then reported (`realised_costs`) counts nothing for such a
+    class (`poison_costs`)."""
     return np.argmin(expected_costs(probs, poisonous, costs), axis=-1)
 
 
 def realised_costs(labels, predictions, poisonous, costs: Mapping[str, float] | None = None) -> dict[str, float]:
-    """Mean per-image costs of `predictions`: poison cost, species errors and their sum."""
+    """Mean per-image costs of `predictions`: poison cost (`poison_costs`, so a species with an
+    unknown flag costs nothing), species errors and their sum."""
     c = _costs(costs)
     y, p = np.asarray(labels).astype(np.int64), np.asarray(predictions).astype(np.int64)
-    poisonous = np.asarray(poisonous, bool)
-    psc = poisonous[y] & ~poisonous[p]
-    esc = ~poisonous[y] & poisonous[p]
-    n = max(len(y), 1)
-    poison = (c["poisonous_as_edible"] * psc.sum() + c["edible_as_poisonous"] * esc.sum()) / n
+    poison = poison_costs(y, p, poisonous, c["poisonous_as_edible"], c["edible_as_poisonous"])
     wrong = float(np.mean(y != p)) if len(y) else 0.0
-    return {"accuracy": 1.0 - wrong, "poison_cost": float(poison),
-            "total_cost": float(poison + c["wrong_species"] * wrong),
-            "poisonous_as_edible": int(psc.sum()), "edible_as_poisonous": int(esc.sum())}
+    return {"accuracy": 1.0 - wrong, "poison_cost": poison["poison_cost"],
+            "total_cost": float(poison["poison_cost"] + c["wrong_species"] * wrong),
+            "poisonous_as_edible": poison["poisonous_as_edible"], "edible_as_poisonous": poison["edible_as_poisonous"]}
 
 
 def decision_metrics(probs, labels, poisonous, costs: Mapping[str, float] | None = None) -> dict[str, dict]:
@@ -93,8 +130,9 @@ def decision_metrics(probs, labels, poisonous, costs: Mapping[str, float] | None
 
 
 def mean_poisonous_probability(probs, labels, poisonous) -> float | None:
-    """Mean total probability of the poisonous classes on observations that are poisonous."""
-    probs, poisonous = np.asarray(probs, np.float64), np.asarray(poisonous, bool)
+    """Mean total probability of the poisonous classes on observations that are poisonous
+    (unknown flags count as not poisonous)."""
+    probs, poisonous = np.asarray(probs, np.float64), is_poisonous(poisonous)
     truly = poisonous[np.asarray(labels).astype(np.int64)]
     return float(probs[truly][:, poisonous].sum(-1).mean()) if truly.any() else None
 
@@ -108,7 +146,7 @@ class DecisionEvaluator:
       temperature on `calibration_logits` / `calibration_labels` when they are given (never on
       the evaluated images; without them nothing calibrated is reported) | "none".
     Inputs: probs [N, C] (or logits [N, C], softmaxed here), image_labels [N], poisonous [C]
-      (bool per class); optionally calibration_logits [M, C] and calibration_labels [M], scores of
+      (bool per class, or 1 / 0 / -1 unknown: edible for deciding, no cost, see `poison_costs`); optionally calibration_logits [M, C] and calibration_labels [M], scores of
       held-out data that is not the evaluated data. Images labelled -1 (unknown) are left out.
     Metrics: "{argmax,expected_cost}/{accuracy,poison_cost,total_cost,poisonous_as_edible,
       edible_as_poisonous}", "num_images"; when calibrated also "expected_cost_calibrated/..." and
@@ -126,8 +164,6 @@ class DecisionEvaluator:
 
     def run(self, *, poisonous, probs=None, logits=None, image_labels=None, labels=None,
             calibration_logits=None, calibration_labels=None, **unused) -> Iterator[tuple[str, Any]]:
-        from fungizsl.evaluate.taxonomy import softmax
-
         if probs is None:
             if logits is None:
                 raise ValueError("give probs= or logits=")

@@ -30,7 +30,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from fungizsl.evaluate import register
+from fungizsl.data import captions as caption_lib
+from fungizsl.evaluate.registry import register
 from fungizsl.evaluate.zeroshot import class_embeddings, l2_normalize
 
 METHODS = ("mean_similarity", "mean_embedding")
@@ -69,8 +70,6 @@ def descriptors_by_class(source, class_names: Sequence[str], template: str = "{t
     """{class: [descriptor sentence, ...]} for `class_names` from a caption source, a JSONL path
     or a ready dict. `template` may use {cls} and {text} (Menon & Vondrick write
     "{cls}, which has {text}"); `per_class` keeps the first that many. Every class needs one."""
-    from fungizsl.data import captions as caption_lib
-
     if isinstance(source, Mapping):
         by_class = {k: list(v) for k, v in source.items()}
     elif isinstance(source, str):

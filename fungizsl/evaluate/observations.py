@@ -11,7 +11,8 @@ observation by one of
 
 Metrics: Top-K accuracy (the competition metric is Top-5, "Recall@5"), macro-F1 of the Top-1
 prediction over the classes present in the labels, and the FungiCLEF 2023/24 poisonous-confusion
-cost (100 x poisonous predicted as edible + edible predicted as poisonous) / N. Also:
+cost (100 x poisonous predicted as edible + edible predicted as poisonous) / N, defined once in
+`decisions.poison_costs` (a species whose flag is unknown costs nothing). Also:
 weighted-vote ensembles of checkpoints (the paper combines epochs 50/100/150), the Kaggle
 submission CSV (`observationId,predictions`, top 10 class ids separated by spaces), and the
 organisers' baselines on raw features: nearest neighbour and class prototype (cosine).
@@ -20,18 +21,16 @@ organisers' baselines on raw features: nearest neighbour and class prototype (co
 from __future__ import annotations
 
 import csv
-from typing import Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from etils import epath
 
+from fungizsl.evaluate.calibration import log_softmax
+from fungizsl.evaluate.decisions import poison_costs
+from fungizsl.evaluate.registry import register
+
 POOLINGS = ("mean", "max", "attention")
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def _check_grouped(logits, image_mask):
@@ -49,7 +48,7 @@ def _check_grouped(logits, image_mask):
 def pool_observations(logits, image_mask, how: str = "mean", temperature: float = 1.0) -> np.ndarray:
     """Log-probabilities per observation [N_obs, C] from image logits [N_obs, G, C]."""
     logits, image_mask = _check_grouped(logits, image_mask)
-    logp = _log_softmax(logits)
+    logp = log_softmax(logits)
     m = image_mask[..., None]
     if how == "mean":
         p = np.where(m, np.exp(logp), 0.0).sum(1) / image_mask.sum(1, keepdims=True)
@@ -92,28 +91,16 @@ def macro_f1(predictions, labels) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
-def poison_cost(predictions, labels, poisonous_by_class, poison_weight: float = 100.0) -> float:
-    """(100 x poisonous predicted as edible + edible predicted as poisonous) / N.
-
-    `poisonous_by_class[c]` is 1 for a poisonous class, 0 for an edible one, -1 when unknown
-    (such pairs cost nothing)."""
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    table = np.asarray(poisonous_by_class)
-    true_p, pred_p = table[labels], table[predictions]
-    known = (true_p >= 0) & (pred_p >= 0)
-    missed_poison = np.sum(known & (true_p == 1) & (pred_p == 0))
-    false_alarm = np.sum(known & (true_p == 0) & (pred_p == 1))
-    return float((poison_weight * missed_poison + false_alarm) / max(len(labels), 1))
-
-
 def observation_metrics(scores, labels, ks=(1, 5, 10), poisonous_by_class=None) -> dict[str, float]:
-    """Top-K, macro-F1 and (with a poisonous table) the poison cost of per-observation scores."""
+    """Top-K, macro-F1 and (with a poisonous table: 1 / 0 / -1 unknown per class) the poison cost
+    (`decisions.poison_costs`: 100 x poisonous called edible + edible called poisonous, over N;
+    a species with an unknown flag costs nothing) of per-observation scores."""
     labels = np.asarray(labels)
     out = top_k_accuracy(scores, labels, ks)
     pred = top_k(scores, 1)[:, 0]
     out["macro_f1"] = macro_f1(pred, labels)
     if poisonous_by_class is not None:
-        out["poison_cost"] = poison_cost(pred, labels, poisonous_by_class)
+        out["poison_cost"] = poison_costs(labels, pred, poisonous_by_class)["poison_cost"]
     out["num_observations"] = int(len(labels))
     return out
 
@@ -134,7 +121,7 @@ def weighted_vote(member_scores: Sequence[np.ndarray], weights: Sequence[float] 
     if w.shape != (len(members),) or np.any(w < 0) or w.sum() <= 0:
         raise ValueError(f"weights must be {len(members)} non-negative numbers, not all 0; got {weights}")
     w = w / w.sum()
-    probs = sum(wi * np.exp(_log_softmax(m)) for wi, m in zip(w, members))
+    probs = sum(wi * np.exp(log_softmax(m)) for wi, m in zip(w, members))
     soft = np.log(np.maximum(probs, 1e-300))
     if kind == "soft":
         return soft
@@ -212,3 +199,66 @@ def prototype_logits(features, train_features, train_labels, num_classes: int, s
     logits = f @ protos.T
     logits[..., ~present] = -1.0
     return scale * logits
+
+
+@register("fungiclef_observations")
+class FungiClefObservationEvaluator:
+    """FungiCLEF 2025 per-observation metrics (Lu et al.; the functions above have the definitions).
+
+    Config:
+      ks: Top-K values (default (1, 5, 10)); the competition metric is top5.
+      pooling: how an observation's images are combined for the headline numbers: mean | max |
+        attention (default mean). compare_pooling: also report every pooling (default True).
+      submission_path: if set, the Kaggle CSV of the pooled scores goes there.
+    Inputs: `logits [N_obs, G, C]`, `image_mask [N_obs, G]`, `labels [N_obs]` (-1: unlabelled,
+      only the submission is written), `observation_ids [N_obs]`, optional `poisonous_by_class
+      [C]`; for the organisers' baselines `raw_features [N_obs, G, D]` with `train_raw_features
+      [M, D]`, `train_raw_labels [M]`; for a metadata-only classifier `metadata_scores [N_obs, C]`.
+    Metrics: top{k}, macro_f1, poison_cost, num_observations; pooling/<how>/...; baselines/
+      {nearest_neighbour,prototype,metadata}/...
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        self.ks = tuple(config.get("ks", (1, 5, 10)))
+        self.pooling = config.get("pooling", "mean")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"fungiclef_observations.pooling must be one of {POOLINGS}, "
+                             f"got {self.pooling!r}")
+        self.compare_pooling = config.get("compare_pooling", True)
+        self.submission_path = config.get("submission_path", None)
+
+    def run(self, *, logits, image_mask, labels, observation_ids=None, poisonous_by_class=None,
+            raw_features=None, train_raw_features=None, train_raw_labels=None, metadata_scores=None,
+            valid=None, **unused) -> Iterator[tuple[str, Any]]:
+        if valid is not None:  # drop padded observations
+            keep = np.asarray(valid, bool)
+            logits, image_mask, labels = np.asarray(logits)[keep], np.asarray(image_mask)[keep], np.asarray(labels)[keep]
+            observation_ids = None if observation_ids is None else np.asarray(observation_ids)[keep]
+            raw_features = None if raw_features is None else np.asarray(raw_features)[keep]
+            metadata_scores = None if metadata_scores is None else np.asarray(metadata_scores)[keep]
+        labels = np.asarray(labels)
+        scores = pool_observations(logits, image_mask, self.pooling)
+        if self.submission_path and observation_ids is not None:
+            write_submission(self.submission_path, observation_ids, scores)
+        labelled = labels >= 0
+        if not labelled.any():
+            return
+        metrics = lambda s: observation_metrics(s[labelled], labels[labelled], self.ks,
+                                                             poisonous_by_class)
+        yield from metrics(scores).items()
+        if self.compare_pooling:
+            for how in POOLINGS:
+                pooled = pool_observations(logits, image_mask, how)
+                for name, value in metrics(pooled).items():
+                    yield f"pooling/{how}/{name}", value
+        if raw_features is not None and train_raw_features is not None:
+            num_classes = np.shape(logits)[-1]
+            for name, fn in (("nearest_neighbour", nearest_neighbour_logits),
+                             ("prototype", prototype_logits)):
+                image_logits = fn(raw_features, train_raw_features, train_raw_labels, num_classes)
+                pooled = pool_observations(image_logits, image_mask, self.pooling)
+                for metric, value in metrics(pooled).items():
+                    yield f"baselines/{name}/{metric}", value
+        if metadata_scores is not None:
+            for metric, value in metrics(np.asarray(metadata_scores)).items():
+                yield f"baselines/metadata/{metric}", value

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from fungizsl.evaluate import register
+from fungizsl.evaluate.registry import register
 from fungizsl.evaluate.taxonomy import softmax
 
 SCORES = ("msp", "entropy", "energy")

@@ -22,6 +22,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fungizsl import workdir
+
 
 def _figure(figsize, dpi) -> Figure:
     fig = Figure(figsize=figsize, dpi=dpi)
@@ -31,8 +33,6 @@ def _figure(figsize, dpi) -> Figure:
 
 def _save(fig: Figure, path) -> str:
     """Renders to PNG bytes and writes them through epath, so ``path`` may be ``gs://...``."""
-    from fungizsl import workdir
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=fig.dpi)
     workdir.write_bytes(path, buffer.getvalue())

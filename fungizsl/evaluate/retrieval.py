@@ -23,9 +23,11 @@ Details, all exact (numpy, float32 cosine similarities):
 * Similarities are computed in chunks of queries, so N x M never has to fit in memory at once.
 """
 
-from typing import Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from fungizsl.evaluate.registry import register
 
 DEFAULT_KS = (1, 5, 10)
 DIRECTIONS = ("image_to_text", "text_to_image")
@@ -131,3 +133,29 @@ def recall_table(metrics: dict[str, float], ks: Sequence[int] = DEFAULT_KS) -> s
             cells = [f"{metrics[k]:.3f}" if k in metrics else "–" for k in keys]
             lines.append(f"| {direction.replace('_', ' ')} | {level} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+@register("retrieval")
+class RetrievalEvaluator:
+    """Recall@K image->text and text->image, class level and instance level side by side.
+
+    Config:
+      ks: K values (default (1, 5, 10); clipped to the number of candidates).
+      levels: which of ("class", "instance") to report (default both).
+    Metrics: "{level}/{direction}/recall@{K}", ".../median_rank", ".../num_queries"; see
+    `recall_at_k` above for the definitions and tie handling.
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        self.ks = tuple(config.get("ks", DEFAULT_KS))
+        self.levels = tuple(config.get("levels", ("class", "instance")))
+        unknown = set(self.levels) - {"class", "instance"}
+        if unknown:
+            raise ValueError(f"unknown retrieval levels {sorted(unknown)}")
+
+    def run(self, *, zimg, ztxt, image_labels=None, text_labels=None, pairs=None,
+            **unused) -> Iterator[tuple[str, Any]]:
+        if "class" not in self.levels:
+            image_labels = text_labels = None
+        results = recall_at_k(zimg, ztxt, image_labels, text_labels, pairs, self.ks)
+        yield from ((k, v) for k, v in results.items() if k.split("/", 1)[0] in self.levels)

@@ -40,7 +40,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from fungizsl.evaluate import register
+from fungizsl.evaluate.registry import register
 from fungizsl.evaluate.zeroshot import top_k_indices
 
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")

@@ -14,10 +14,14 @@ Conventions: argmax ties go to the lowest class index; top-k ranks classes by de
 with ties broken by lower index (a stable sort); k is clipped to the number of classes.
 """
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+import os
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from fungizsl.evaluate import plots
+from fungizsl.evaluate.registry import register
 
 
 def l2_normalize(x, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
@@ -162,3 +166,52 @@ def zero_shot_evaluate(encode_images: Callable[[Any], Any], encode_texts: Callab
     metrics = zero_shot_metrics(logits, labels, class_names, ks)
     metrics.update(logits=logits, class_embeddings=class_emb)
     return metrics
+
+
+@register("zeroshot")
+class ZeroShotEvaluator:
+    """Zero-shot classification: images against prompt-ensembled class embeddings.
+
+    Config (other keys, such as the trainer's `split` or `sources`, are ignored here):
+      class_names: names of the class ids 0..C-1. Optional: the trainer may instead pass
+        `class_names=` to `run`; without either, classes are named "0".."C-1" with
+        C = 1 + the largest label seen.
+      ks: top-k accuracies to report (default (1, 5); k is clipped to C).
+      plot_dir: if set, writes confusion_matrix.png and per_class_accuracy.png there.
+      plot_title: title prefix for the plots (default "Zero-shot").
+    Inputs: the caption embeddings `ztxt` with their class ids `text_labels` (several captions
+    per class are averaged, CLIP's prompt ensemble); the images `zimg` with `image_labels`.
+    Metrics: accuracy, mean_per_class_accuracy, top{k}, per_class/<class name>, confusion ([C, C]
+    array, rows true, columns predicted).
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        names = config.get("class_names", None)
+        self.class_names = None if names is None else list(names)
+        self.ks = tuple(config.get("ks", (1, 5)))
+        self.plot_dir = config.get("plot_dir", None)
+        self.plot_title = config.get("plot_title", "Zero-shot")
+
+    def run(self, *, zimg, image_labels, ztxt, text_labels, class_names=None,
+            **unused) -> Iterator[tuple[str, Any]]:
+        names = self.class_names if self.class_names is not None else class_names
+        if names is None:
+            num_classes = 1 + int(max(np.max(image_labels), np.max(text_labels)))
+            names = [str(c) for c in range(num_classes)]
+        names = list(names)
+        class_emb = class_embeddings(group_by_label(ztxt, text_labels, len(names)))
+        logits = zero_shot_predict(zimg, class_emb)
+        m = zero_shot_metrics(logits, image_labels, names, self.ks)
+        yield "accuracy", m["accuracy"]
+        yield "mean_per_class_accuracy", m["mean_per_class_accuracy"]
+        yield from m["top_k"].items()
+        for name, acc in m["per_class_accuracy"].items():
+            yield f"per_class/{name}", acc
+        yield "confusion", m["confusion"]
+        if self.plot_dir:
+            plots.plot_confusion_matrix(m["confusion"], names,
+                                        os.path.join(self.plot_dir, "confusion_matrix.png"),
+                                        title=f"{self.plot_title} confusion matrix")
+            plots.plot_per_class_accuracy(m["per_class_accuracy"],
+                                          os.path.join(self.plot_dir, "per_class_accuracy.png"),
+                                          title=f"{self.plot_title} per-class accuracy")

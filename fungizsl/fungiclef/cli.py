@@ -4,11 +4,11 @@
 
 from __future__ import annotations
 
+from fungizsl.fungiclef import features, synthetic_species
+
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser("fungiclef", help="FungiCLEF 2025: synthetic species set, feature cache")
     steps = parser.add_subparsers(dest="fungiclef_step", metavar="STEP")
-    from fungizsl.fungiclef import features, synthetic_species
-
     synthetic_species.register_cli(steps)
     features.register_cli(steps)

@@ -32,15 +32,23 @@ import sys
 import tempfile
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from etils import epath
+from flax import serialization
 from PIL import Image
+from tqdm import tqdm
 
+from fungizsl import metrics_io, placement, weights
 from fungizsl import workdir as workdir_lib
 from fungizsl.data import augment as aug
+from fungizsl.data import builders
 from fungizsl.errors import ConfigError
+from fungizsl.models import vit
 
 INFO_FILE = "info.json"
 SMALL_TOWER_FILE, SMALL_TOWER_INFO = "small_tower.msgpack", "small_tower.json"
@@ -122,8 +130,6 @@ def _metadata_json(record) -> bytes:
 # -------------------------------------------------------------------------------------------------
 
 def small_tower_config(cfg: FeatureConfig):
-    from fungizsl.models import vit
-
     return vit.vit_config(cfg.small_variant, image_size=cfg.image_size, patch_size=cfg.small_patch,
                           width=cfg.small_width, depth=cfg.small_depth, heads=cfg.small_heads,
                           mlp_dim=4 * cfg.small_width)
@@ -132,12 +138,6 @@ def small_tower_config(cfg: FeatureConfig):
 def train_small_tower(source, cfg: FeatureConfig, show_progress: bool = True):
     """A small dinov2-flavour ViT trained with cross-entropy (linear head on the CLS) on the
     training split's images, random crop/flip/rotation/brightness. Returns (module, params)."""
-    import flax.linen as nn
-    import optax
-    from tqdm import tqdm
-
-    from fungizsl.models import vit
-
     config = small_tower_config(cfg)
     tower = vit.VisionTransformer(config)
     n = len(source)
@@ -205,23 +205,16 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _save_params(path: epath.Path, params) -> None:
-    from flax import serialization
-
     workdir_lib.write_bytes(path, serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
 
 
 def _load_params(path: epath.Path):
-    from flax import serialization
-
     return serialization.msgpack_restore(path.read_bytes())
 
 
 def get_tower(cfg: FeatureConfig, out: epath.Path, train_source, show_progress: bool = True):
     """(module, params, description) of the tower; the self-trained one is saved under `out` so
     a resumed run uses the very same weights."""
-    from fungizsl import weights
-    from fungizsl.models import vit
-
     if cfg.tower:
         if not epath.Path(cfg.tower).is_dir():
             raise ConfigError(f"features tower {cfg.tower!r} is not a local folder (config.json + model.safetensors)")
@@ -245,7 +238,7 @@ def get_tower(cfg: FeatureConfig, out: epath.Path, train_source, show_progress: 
         _, params, loss = train_small_tower(train_source, cfg, show_progress)
         if workdir_lib.is_main():
             _save_params(path, params)
-            workdir_lib.write_json(out / SMALL_TOWER_INFO, {
+            metrics_io.write_json(out / SMALL_TOWER_INFO, digits=0, metrics={
                 "description": SELF_TRAINED, "steps": cfg.small_steps, "final_train_loss": loss,
                 "seconds": round(time.perf_counter() - start, 1), "trained_on": "train split images only"})
     c = module.config
@@ -277,8 +270,6 @@ def shard_name(split: str, shard: int, num_shards: int) -> str:
 
 
 def _write_shard(path: epath.Path, records: list[bytes]) -> None:
-    from array_record.python.array_record_module import ArrayRecordWriter
-
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "shard.array_record")
         writer = ArrayRecordWriter(local, "group_size:1")
@@ -292,8 +283,6 @@ def _write_shard(path: epath.Path, records: list[bytes]) -> None:
 
 
 def read_shard(path) -> list[dict]:
-    from array_record.python.array_record_module import ArrayRecordReader
-
     path = epath.Path(path)
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "shard.array_record")
@@ -317,11 +306,6 @@ def extract(sources: dict, out_dir, cfg: FeatureConfig = FeatureConfig(), show_p
     """Writes the feature shards of `sources` ({split: random-access source of records with
     "image", "observationID", "category_id"}) under `out_dir`; returns info.json's content.
     `stop_after_shards` stops after writing that many new shards (tests of resumption)."""
-    from tqdm import tqdm
-
-    from fungizsl import placement
-    from fungizsl.train import sharding
-
     cfg.check()
     out = workdir_lib.as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -340,10 +324,10 @@ def extract(sources: dict, out_dir, cfg: FeatureConfig = FeatureConfig(), show_p
     module, params, description = get_tower(cfg, out, sources.get("train"), show_progress)
     info = _info(cfg, description, bool(cfg.tower), int(module.config.num_registers), sizes)
     if workdir_lib.is_main():
-        workdir_lib.write_json(info_path, info)
+        metrics_io.write_json(info_path, info, digits=0)
 
     devices = jax.local_devices()
-    mesh = sharding.make_mesh(data=len(devices), fsdp=1, devices=devices)  # this host's devices
+    mesh = placement.make_mesh(data=len(devices), fsdp=1, devices=devices)  # this host's devices
     batch = math.ceil(cfg.batch_size / mesh.size) * mesh.size
     params = jax.device_put(params, placement.replicated(mesh))
     keep = cfg.keep
@@ -474,8 +458,6 @@ def register_cli(subparsers) -> None:
 
 
 def sources_from_tfds(data_dir, dataset_config: str, splits) -> dict:
-    from fungizsl.data import builders
-
     return {s: builders.data_source("fungiclef2025", s, dataset_config, data_dir=data_dir) for s in splits}
 
 

@@ -37,6 +37,7 @@ import time
 import numpy as np
 from etils import epath
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
 
 CSV_DIR = "metadata/FungiTastic-FewShot"
 IMAGE_DIR = "images/FungiTastic-FewShot"
@@ -294,8 +295,6 @@ def write_species_set(out_dir, config: SpeciesSetConfig = SpeciesSetConfig(), sh
     for split in CSV_FILES:
         (out / IMAGE_DIR / split / "300p").mkdir(parents=True, exist_ok=True)
     (out / CSV_DIR).mkdir(parents=True, exist_ok=True)
-    from tqdm import tqdm
-
     start = time.perf_counter()
     for obs in tqdm(observations, desc="synthetic observations", disable=not show_progress, mininterval=5):
         sp = obs["species"]

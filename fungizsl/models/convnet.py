@@ -3,7 +3,7 @@
 CLIP's towers (`vit.py`, `resnet.py`) are what pretrained checkpoints come in. Trained from
 scratch on 2 CPU cores for a few minutes, on 96 px renders whose hyphae are filaments 1-2 px
 wide, a VGG-style stack learns the growth stages faster per second than CLIP's modified ResNet
-at a CPU size (README "Results", tower ablation):
+at a CPU size (docs/results.md, tower ablation):
 
 * a first 3x3 convolution with stride 2, then 3x3 convolution -> BatchNorm -> ReLU layers, each
   but the first and the last followed by a 2x2 max pool. The likely reasons it learns faster
@@ -22,7 +22,7 @@ at a CPU size (README "Results", tower ablation):
 BatchNorm follows `resnet.py`: running statistics in the `batch_stats` collection, global batch
 statistics in the sharded step (XLA inserts the cross-device reduction), and
 `frozen_batch_norm=True` to always use the running ones. There is no Hugging Face or open_clip
-format for this tower: a trained run is loaded from its workdir (`fungizsl.train.evaluate_only`).
+format for this tower: a trained run is loaded from its workdir (`fungizsl.fungalzsl.load`).
 """
 
 import dataclasses

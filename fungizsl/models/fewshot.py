@@ -11,6 +11,9 @@
   field plus a projection of numeric features) and a `QFormer`; the mean of the query outputs goes
   to a linear classifier trained with cross-entropy. Either modality may be absent: `use_visual`
   False is the metadata-only model.
+* `ResidualFusion`: a `FusionClassifier` plus log-score inputs added to its logits, each with a
+  learned scale: the count-based metadata prior (`prior`; the metadata-only model and stage 2)
+  and the stage-1 prototype classifier (`proto`; stage 2).
 """
 
 from __future__ import annotations
@@ -142,3 +145,21 @@ class FusionClassifier(nn.Module):
         pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
         logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="classifier")(pooled)
         return {"logits": logits, "pooled": pooled}
+
+
+class ResidualFusion(nn.Module):
+    """FusionClassifier logits + exp(learned log-scale) x the log-softmax of each log-score input
+    named in `residuals` (`batch[name]` [B, C]; parameter `<name>_log_scale`, initialised to 0 so
+    the scale starts at 1). An input missing from the batch adds nothing and has no parameter."""
+
+    fusion: FusionClassifier
+    residuals: tuple[str, ...] = ()
+
+    @nn.compact
+    def __call__(self, batch, train: bool = False):
+        out = self.fusion(batch, train)
+        for name in self.residuals:
+            if name in batch:
+                scale = jnp.exp(self.param(f"{name}_log_scale", nn.initializers.zeros, ()))
+                out["logits"] = out["logits"] + scale * jax.nn.log_softmax(batch[name].astype(jnp.float32), -1)
+        return out

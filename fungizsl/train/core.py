@@ -62,8 +62,7 @@ shards and iterator state.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import sys
+import io
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -75,17 +74,12 @@ import optax
 from etils import epath
 from jax.experimental import multihost_utils
 
-from fungizsl import placement
+from fungizsl import metrics_io, placement, runs
 from fungizsl import workdir as workdir_lib
-from fungizsl.evaluate import metrics_io
-from fungizsl.train import checkpoint, optim, sharding, timing
+from fungizsl.errors import NonFiniteLossError
+from fungizsl.train import checkpoint, optim, timing
 
-SUMMARY_FILE = "summary.json"
 VAL_HISTORY_FILE = "val_history.json"
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradients became NaN or infinite; the run stopped."""
 
 
 @dataclasses.dataclass
@@ -112,7 +106,7 @@ def make_mesh(config) -> jax.sharding.Mesh:
     fsdp = config.mesh.fsdp
     if fsdp == -1:
         fsdp = jax.device_count()
-    mesh = sharding.make_mesh(data=config.mesh.data, fsdp=fsdp)
+    mesh = placement.make_mesh(data=config.mesh.data, fsdp=fsdp)
     if config.batch_size % mesh.size:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {mesh.size} devices")
     return mesh
@@ -160,7 +154,7 @@ def build(config, task: Task, mesh) -> Trainable:
 
     abstract_state = jax.eval_shape(state_from, abstract_vars)
     rules = tuple(tuple(r) for r in config.get("sharding_rules", ()))
-    state_sharding = (sharding.fsdp_sharding(abstract_state, mesh, rules) if rules
+    state_sharding = (placement.fsdp_sharding(abstract_state, mesh, rules) if rules
                       else jax.tree.map(lambda _: placement.replicated(mesh), abstract_state))
     var_sharding = {"params": state_sharding["params"], **state_sharding["extra"]}
     base_rng = jax.random.key(config.seed)
@@ -270,68 +264,6 @@ def check_selection(config, entries) -> tuple[str | None, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Logging and timing
-# ---------------------------------------------------------------------------------------------
-
-class Progress:
-    """tqdm on a terminal; one printed line per log step otherwise. Quiet on processes > 0."""
-
-    def __init__(self, total: int, initial: int, enabled: bool):
-        self.enabled, self.total = enabled, total
-        self.bar = None
-        if enabled and sys.stdout.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc="train")
-
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def log(self, step: int, metrics: dict) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
-        elif self.enabled:
-            rate = metrics.get("img/sec/core")
-            print(f"step {step}/{self.total}: loss {metrics['loss']:.4f}, lr {metrics['lr']:.2e}"
-                  + (f", img/sec/core {rate:.1f}" if rate else ""), flush=True)
-
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text)
-        elif self.enabled:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class StepTimer:
-    """Wall time spent in training steps only: paused (after the device caught up) around
-    evaluations and checkpoint saves."""
-
-    def __init__(self):
-        self.seconds, self.steps, self._since = 0.0, 0, None
-
-    def start(self):
-        self._since = time.perf_counter()
-
-    def pause(self, state):
-        jax.block_until_ready(state)
-        if self._since is not None:
-            self.seconds += time.perf_counter() - self._since
-            self._since = None
-
-    def take(self, state) -> tuple[float, int]:
-        self.pause(state)
-        out = (self.seconds, self.steps)
-        self.seconds, self.steps = 0.0, 0
-        self.start()
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 
@@ -361,7 +293,7 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
     best_metric, final_split = check_selection(config, entries)
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        workdir_lib.write_text(workdir / "fungizsl_config.json", config.to_json_best_effort(indent=2))
+        workdir_lib.write_text(workdir / runs.CONFIG_FILE, config.to_json_best_effort(indent=2))
 
     # State.
     trainable = build(config, task, mesh)
@@ -383,15 +315,15 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
     if first_step and is_main:
         print(f"resumed from step {first_step} of {config.total_steps} in {ckpt.directory}", flush=True)
 
-    writer = workdir_lib.TensorBoard(workdir / "tb") if is_main else None
+    writer = metrics_io.TensorBoard(workdir / "tb") if is_main else None
     history_path = workdir / VAL_HISTORY_FILE
-    history = workdir_lib.read_json(history_path) if history_path.exists() else []
+    history = metrics_io.read_json(history_path) if history_path.exists() else []
     history = [h for h in history if h["step"] <= first_step]
     audit = [] if config.get("data", {}).get("audit_indices", False) else None
 
     # Loop.
-    progress = Progress(config.total_steps, first_step, is_main)
-    timer = StepTimer()
+    progress = timing.Progress(config.total_steps, first_step, is_main)
+    timer = timing.StepTimer()
     clock = timing.PhaseClock()
     timer.start()
     for step in range(first_step + 1, config.total_steps + 1):
@@ -437,7 +369,7 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
         if selected:
             history.append({"step": step, best_metric: float(results[best_metric])})
             if is_main:
-                workdir_lib.write_json(history_path, history)
+                metrics_io.write_json(history_path, history, digits=0)
         if step % config.checkpoint_every == 0 or last or selected:
             timer.pause(state)
             _check_finite(state, step, ckpt)
@@ -453,7 +385,6 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
     progress.write(timing.format_split(time_split))
     if audit:
         data = np.stack(audit)
-        import io
 
         buffer = io.BytesIO()
         np.save(buffer, data)
@@ -499,7 +430,7 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
                               {"final": final, "selection": selection, "val_history": history})
         if export is not None:
             task.export(export, workdir)
-        metrics_io.write_json(workdir / SUMMARY_FILE, summary)
+        metrics_io.write_json(workdir / runs.SUMMARY_FILE, summary)
     if config.get("audit_writes", False):
         workdir_lib.write_audit(workdir)
     workdir_lib.barrier("fungizsl_run_done")

@@ -19,20 +19,34 @@ import logging
 import os
 
 import jax
+from etils import epath
 from safetensors.numpy import save as save_safetensors
 
+from fungizsl import workdir
 from fungizsl.models import bert as bert_model
 from fungizsl.models import two_towers, vit
 from fungizsl.weights import bert, clip, dinov2, open_clip
-from fungizsl.weights.convert import (CheckpointMismatchError, ModelSpec, flax_to_hf, hf_to_flax,
-                                      normalise_checkpoint_keys, read_hf_folder, stack_layers)
+from fungizsl.weights.convert import (
+    CheckpointMismatchError,
+    ModelSpec,
+    flax_to_hf,
+    hf_to_flax,
+    normalise_checkpoint_keys,
+    read_hf_folder,
+    stack_layers,
+)
 
-__all__ = ["CheckpointMismatchError", "load_pretrained", "export_pretrained", "spec_for_model_type",
+__all__ = ["CheckpointMismatchError", "is_hf_folder", "load_pretrained", "export_pretrained", "spec_for_model_type",
            "spec_for_config", "init_params_shapes"]
 
 SPECS: tuple[ModelSpec, ...] = (clip.SPEC, dinov2.SPEC, bert.SPEC)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
                    "special_tokens_map.json", "fungizsl_tokenizer.json")
+
+
+def is_hf_folder(path) -> bool:
+    """A Hugging Face model folder: it has a ``config.json`` (local or ``gs://``)."""
+    return (epath.Path(path) / "config.json").is_file()
 
 
 def spec_for_model_type(model_type: str) -> ModelSpec:
@@ -94,10 +108,6 @@ def export_pretrained(module, params, out_dir, tokenizer_from=None) -> str:
     """Writes `config.json` + `model.safetensors` with Hugging Face names (fp32), and copies the
     tokenizer files of `tokenizer_from` if given. Both may be local folders or URIs (`gs://...`;
     written through etils.epath). Returns out_dir."""
-    from etils import epath
-
-    from fungizsl import workdir
-
     spec = spec_for_config(module.config)
     out = epath.Path(out_dir)
     tensors = flax_to_hf(params, spec)

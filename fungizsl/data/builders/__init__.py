@@ -37,7 +37,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-#: builder name -> "module:class"; modules are imported only when asked for.
+import tensorflow_datasets as tfds
+
+from fungizsl.data.builders._common import derive_config
+from fungizsl.data.synthetic import ALL_STAGES, PRESETS
+
+#: builder name -> "module:class"; builder modules are imported only when asked for.
 BUILDERS = {
     "fungal_growth_stages": "fungizsl.data.builders.fungal_growth_stages:FungalGrowthStages",
     "fungiclef2025": "fungizsl.data.builders.fungiclef2025:FungiClef2025",
@@ -71,15 +76,11 @@ def get_builder(name: str, config=None, *, data_dir: str | os.PathLike | None = 
         if prepared is None:
             raise ValueError(f"{name} has no config {config!r} (configs: {', '.join(cls.builder_configs)}) "
                              f"and no prepared dataset of that name under {data_dir or 'the TFDS data dir'}")
-        import tensorflow_datasets as tfds  # noqa: PLC0415
-
         return tfds.builder_from_directory(prepared)
     return cls(config=config, data_dir=data_dir, manual_dir=manual_dir, **kwargs)
 
 
 def _prepared_dir(name: str, config: str, data_dir: str | None) -> str | None:
-    import tensorflow_datasets as tfds  # noqa: PLC0415
-
     root = os.path.join(data_dir or tfds.core.constants.DATA_DIR, name, config)
     if not os.path.isdir(root):
         return None
@@ -93,8 +94,6 @@ def _prepared_dir(name: str, config: str, data_dir: str | None) -> str | None:
 def build(name: str, config=None, *, data_dir: str | os.PathLike | None = None,
           manual_dir: str | os.PathLike | None = None, overwrite: bool = False, **kwargs):
     """Prepare (build) a dataset and return its builder; an existing build is reused unless overwrite."""
-    import tensorflow_datasets as tfds  # noqa: PLC0415
-
     builder = get_builder(name, config, data_dir=data_dir, manual_dir=manual_dir, **kwargs)
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
@@ -157,8 +156,6 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                                    description="Build a TFDS dataset (array_record shards) for the Grain pipeline.")
     nested = parser.add_subparsers(dest="builder", metavar="BUILDER", required=True)
 
-    from fungizsl.data.synthetic import ALL_STAGES, PRESETS  # noqa: PLC0415 (light: numpy + PIL)
-
     gs = nested.add_parser("fungal_growth_stages", help="rendered spore/hyphae/mycelium images (FungalZSL)")
     _common_options(gs, "realistic_224", ("realistic_224", "paper_224", "realistic_336", "paper_336",
                                           "realistic_224_hard", "realistic_224_five_stages", "tiny"), None)
@@ -204,8 +201,6 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
 def _cli_config(args: argparse.Namespace):
     """The config to build: a named one, or a derived one when options change it."""
-    from fungizsl.data.builders._common import derive_config  # noqa: PLC0415
-
     cls = builder_class(args.builder)
     config_name = args.config
     if getattr(args, "metadata_only", False):
@@ -232,8 +227,6 @@ def run_build_cli(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"fungizsl build {args.builder}: {err}", file=sys.stderr)
         return 2
-    import tensorflow_datasets as tfds  # noqa: PLC0415
-
     if args.no_progress:
         tfds.disable_progress_bar()
     kwargs = {"workers": args.workers} if args.builder == "fungal_growth_stages" else {}

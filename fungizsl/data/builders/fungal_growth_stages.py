@@ -48,6 +48,7 @@ import tensorflow_datasets as tfds
 
 from fungizsl.data import synthetic
 from fungizsl.data.builders._common import BuilderBase, encode_image
+from fungizsl.data.captions import get_caption_source
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +166,6 @@ class FungalGrowthStages(BuilderBase):
         cfg = self.builder_config
         if not cfg.caption_source:
             return None
-        from fungizsl.data.captions import get_caption_source  # noqa: PLC0415 (only when asked for)
-
         if cfg.caption_source == "scene":
             return get_caption_source("scene", classes=list(cfg.stages), **cfg.caption_kwargs)
         kwargs = dict(cfg.caption_kwargs)

@@ -1,4 +1,7 @@
-"""Writing evaluation metrics: a JSON summary, TensorBoard scalars, a console table.
+"""A run's metric I/O: JSON summaries, TensorBoard scalars, console tables.
+
+It sits below the evaluators and the trainers (it imports only :mod:`fungizsl.workdir`), so both
+can write through it.
 
 Metric dicts produced by the evaluators (FungalZSL zero-shot accuracy and Recall@K, Rani,
 Arroyo, Durdevic 2025) may nest dicts and hold numpy or jax scalars and arrays.
@@ -9,6 +12,8 @@ Arroyo, Durdevic 2025) may nest dicts and hold numpy or jax scalars and arrays.
 * `write_scalars` flattens nested dicts into '/'-joined names and appends every scalar to a
   TensorBoard event file through tensorboardX (no TensorFlow needed); non-scalars are skipped.
   `read_scalars` reads event files back (a small TFRecord reader; tensorboard is not required).
+* `TensorBoard` is the trainers' writer: process 0 only, and for a `gs://` logdir it writes
+  locally and uploads at every flush.
 * `format_table` / `print_table` render a flat, aligned two-column table for the console.
 """
 
@@ -16,11 +21,17 @@ import json
 import math
 import numbers
 import os
+import shutil
 import struct
 import tempfile
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+from etils import epath
+from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
+
+from fungizsl import workdir
 
 
 def _round(x: float, digits: int) -> float | None:
@@ -55,9 +66,7 @@ def to_jsonable(obj: Any, digits: int = 6) -> Any:
 
 def write_json(path, metrics: Mapping[str, Any], digits: int = 6, indent: int = 2) -> str:
     """Writes `metrics` as JSON and returns the path. `path` may be local or a URI (`gs://...`);
-    local files are written atomically (temp file + rename)."""
-    from fungizsl import workdir
-
+    local files are written atomically (temp file + rename). `digits=0` keeps floats as they are."""
     text = json.dumps(to_jsonable(metrics, digits), indent=indent, sort_keys=False, allow_nan=False) + "\n"
     if not workdir.is_local(path):
         workdir.write_text(path, text)
@@ -79,8 +88,6 @@ def write_json(path, metrics: Mapping[str, Any], digits: int = 6, indent: int = 
 
 
 def read_json(path) -> Any:
-    from etils import epath
-
     with epath.Path(path).open() as f:
         return json.load(f)
 
@@ -138,8 +145,6 @@ def write_scalars(writer_or_logdir, metrics: Mapping[str, Any], step: int, prefi
     `writer_or_logdir` is a `tensorboardX.SummaryWriter` (left open, flushed) or a directory (a
     writer is opened, used and closed; each call adds an event file, which TensorBoard merges).
     """
-    from tensorboardX import SummaryWriter  # imported here: only this function needs it
-
     own = not hasattr(writer_or_logdir, "add_scalar")
     writer = SummaryWriter(os.fspath(writer_or_logdir)) if own else writer_or_logdir
     values = scalars(metrics, prefix)
@@ -169,8 +174,6 @@ def _records(path) -> Iterable[bytes]:
 
 def read_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
     """Reads every `events.out.tfevents.*` file under `logdir`: {tag: [(step, value), ...]}."""
-    from tensorboardX.proto import event_pb2
-
     out: dict[str, list[tuple[int, float]]] = {}
     for root, _, files in os.walk(os.fspath(logdir)):
         for name in sorted(files):
@@ -209,3 +212,34 @@ def format_table(metrics: Mapping[str, Any], title: str | None = None, digits: i
 
 def print_table(metrics: Mapping[str, Any], title: str | None = None, digits: int = 4) -> None:
     print(format_table(metrics, title, digits), flush=True)
+
+
+class TensorBoard:
+    """A tensorboardX writer for ``logdir`` (process 0 only; ``None`` writer elsewhere).
+
+    tensorboardX writes local files only: for a non-local ``logdir`` the events go to a local
+    temporary folder and every :meth:`flush` copies them over.
+    """
+
+    def __init__(self, logdir: epath.Path):
+        self.logdir = epath.Path(logdir)
+        self.local = os.fspath(self.logdir) if workdir.is_local(self.logdir) else tempfile.mkdtemp(prefix="fungizsl_tb_")
+        self.writer = SummaryWriter(self.local)
+        if workdir.is_local(self.logdir):
+            workdir.WRITES.append(str(self.logdir))
+
+    def scalars(self, values: dict[str, float], step: int, prefix: str) -> None:
+        write_scalars(self.writer, values, step, prefix=prefix)
+        self.flush()
+
+    def flush(self) -> None:
+        self.writer.flush()
+        if not workdir.is_local(self.logdir):
+            workdir.upload_dir(self.local, self.logdir)
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+        if not workdir.is_local(self.logdir):
+            workdir.upload_dir(self.local, self.logdir)
+            shutil.rmtree(self.local, ignore_errors=True)

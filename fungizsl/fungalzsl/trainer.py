@@ -1,21 +1,20 @@
 """FungalZSL trainer: CLIP fine-tuned with the symmetric contrastive loss on synthetic growth stages.
 
 Rani, Arroyo, Durdevic (2025), "FungalZSL: Zero-Shot Fungal Classification with Image Captioning
-Using a Synthetic Data Approach". This module is the paper's :class:`~fungizsl.train.core.Task`:
-the CLIP model with a ViT or modified-ResNet image tower (from scratch with a BPE trained on the
-captions, from a Hugging Face or open_clip folder, or from an earlier run), the loss
-``L_image + L_text`` (optionally class-aware), the evaluators (zero-shot accuracy, Recall@K) and
-the export (Hugging Face, or open_clip for a ResNet tower). Entries of ``config.evals`` on a
-robustness split (``test_paper``, ``test_gray``, ...; :mod:`fungizsl.data.robustness`) run once,
-after training, and land under ``robustness/<condition>`` in ``summary.json``. The loop is :mod:`fungizsl.train.core`.
+Using a Synthetic Data Approach". This module is the paper's :class:`~fungizsl.train.core.Task`
+(``config.trainer = "fungizsl.fungalzsl.trainer"``): the CLIP model of
+:mod:`fungizsl.fungalzsl.model` (a ViT, modified-ResNet or small conv image tower; from scratch with
+a BPE trained on the captions, from a Hugging Face or open_clip folder, or from an earlier run) fed
+by :mod:`fungizsl.fungalzsl.inputs`, the loss ``L_image + L_text`` (optionally class-aware), the
+evaluators (zero-shot accuracy, Recall@K) and the export (Hugging Face, or open_clip for a ResNet
+tower). Entries of ``config.evals`` on a robustness split (``test_paper``, ``test_gray``, ...;
+:mod:`fungizsl.data.robustness`) run once, after training, and land under
+``robustness/<condition>`` in ``summary.json``. The loop is :mod:`fungizsl.train.core`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -25,104 +24,14 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from fungizsl import losses, placement, tokenizers, weights
-from fungizsl.data import robustness
+from fungizsl import losses, placement, weights
 from fungizsl import workdir as workdir_lib
-from fungizsl.evaluate import run_evaluators
-from fungizsl.models import convnet, resnet, two_towers
-from fungizsl.train import checkpoint, core, fungalzsl_data
-from fungizsl.weights.convert import stack_layers
-
-SUMMARY_FILE = core.SUMMARY_FILE
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer and model
-# ---------------------------------------------------------------------------------------------
-
-def _is_hf_folder(init: str) -> bool:
-    return init != "scratch" and (epath.Path(init) / "config.json").is_file()
-
-
-def _is_open_clip_folder(init: str) -> bool:
-    return init != "scratch" and weights.open_clip.is_open_clip_checkpoint(init)
-
-
-def _run_dir(path) -> epath.Path:
-    """The workdir of an earlier run, given it or a folder inside it (a checkpoint step)."""
-    path = workdir_lib.as_path(path)
-    for candidate in (path, *path.parents):
-        if (candidate / "tokenizer").is_dir():
-            return candidate
-    raise FileNotFoundError(f"config.model.init={str(path)!r}: no fungizsl run (with a tokenizer folder) there")
-
-
-def make_tokenizer(config, corpus, workdir: epath.Path):
-    """(tokenizer, folder it lives in). From scratch, process 0 trains the BPE on the training
-    captions and writes it into the workdir; the others wait and read that same file."""
-    init, m = config.model.init, config.model
-    if _is_hf_folder(init):
-        return tokenizers.load_tokenizer(init), epath.Path(init)
-    if _is_open_clip_folder(init):  # its own tokenizer files, else CLIP's BPE (same on every process)
-        local = tempfile.mkdtemp(prefix="open_clip_bpe_")
-        tokenizer, folder = weights.open_clip.load_open_clip_tokenizer(init, local)
-        return tokenizer, epath.Path(folder)
-    folder = workdir / "tokenizer" if init == "scratch" else _run_dir(init) / "tokenizer"
-    exists = (folder / "tokenizer.json").exists()
-    workdir_lib.barrier("tokenizer_checked")  # every process has looked before anyone writes
-    if not exists:
-        if init != "scratch":
-            raise FileNotFoundError(f"{folder} is missing: config.model.init={init!r} is not a fungizsl run")
-        if workdir_lib.is_main():
-            with tempfile.TemporaryDirectory() as local:
-                tokenizers.train_bpe_tokenizer(corpus, m.vocab_size, local, context_length=m.text_context)
-                workdir_lib.upload_dir(local, folder)
-        workdir_lib.barrier("tokenizer_written")
-    local = workdir_lib.local_dir(folder)
-    tokenizer = tokenizers.load_tokenizer(local, length=m.text_context)
-    digest = hashlib.sha256((epath.Path(local) / "tokenizer.json").read_bytes()).hexdigest()[:16]
-    print(f"process {jax.process_index()}: tokenizer {folder} sha256 {digest}", flush=True)
-    return tokenizer, folder
-
-
-def tower_config(config, vision):
-    """The architecture's image tower at the data's resolution, with the from-scratch overrides."""
-    m = config.model
-    if isinstance(vision, resnet.ResNetConfig):
-        width = m.get("resnet_width") or vision.width
-        return dataclasses.replace(vision, image_size=config.data.image_size, width=width,
-                                   heads=vision.heads if width == vision.width else max(1, width * 32 // 64),
-                                   layers=tuple(m.get("resnet_layers") or vision.layers),
-                                   frozen_batch_norm=m.get("freeze_bn_stats", False))
-    if isinstance(vision, convnet.ConvNetConfig):
-        return dataclasses.replace(vision, image_size=config.data.image_size,
-                                   widths=tuple(m.get("convnet_widths") or vision.widths),
-                                   standardize_input=m.get("standardize_input", vision.standardize_input),
-                                   frozen_batch_norm=m.get("freeze_bn_stats", False))
-    return dataclasses.replace(vision, image_size=config.data.image_size,
-                               patch_size=m.get("patch_size") or vision.patch_size)
-
-
-def build_model(config, tokenizer):
-    """(module, host variables or None): {"params": ...} plus "batch_stats" for a conv tower;
-    None for a fresh init."""
-    init, m = config.model.init, config.model
-    if _is_hf_folder(init):
-        model, params = weights.load_pretrained(init, dtype=m.dtype, scan=m.scan, remat=m.remat)
-        return model, {"params": params}
-    if _is_open_clip_folder(init):
-        return weights.open_clip.load_open_clip(init, dtype=m.dtype, scan=m.scan, remat=m.remat,
-                                                frozen_batch_norm=m.get("freeze_bn_stats", False))
-    clip = two_towers.clip_config(m.arch, dtype=m.dtype, scan=m.scan, remat=m.remat)
-    clip = dataclasses.replace(
-        clip, vision=tower_config(config, clip.vision),
-        text=dataclasses.replace(clip.text, vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
-                                 context_length=tokenizer.context_length))
-    model = two_towers.ClipModel(clip)
-    variables = None if init == "scratch" else checkpoint.load_variables(init)
-    if variables is not None and m.scan and "layers" not in variables["params"]["vision_model"]["encoder"]:
-        variables["params"] = stack_layers(variables["params"])
-    return model, variables
+from fungizsl.data import robustness
+from fungizsl.evaluate.registry import run_evaluators
+from fungizsl.fungalzsl import inputs
+from fungizsl.fungalzsl.model import build_model, make_tokenizer
+from fungizsl.models import two_towers
+from fungizsl.train import core
 
 
 def _encode(model):
@@ -304,7 +213,7 @@ def describe(results: dict, robust: dict[str, str] | None = None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def make_task(config, workdir: epath.Path, mesh) -> core.Task:
-    data = fungalzsl_data.FungalZSLData(config)
+    data = inputs.FungalZSLData(config)
     robust = robustness_entries(config)
     tokenizer, tokenizer_dir = make_tokenizer(config, data.tokenizer_corpus(), workdir)
     model, variables = build_model(config, tokenizer)

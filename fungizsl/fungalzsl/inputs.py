@@ -1,4 +1,6 @@
-"""Images and captions of a FungalZSL run, as the config names them.
+"""The inputs of a FungalZSL run: its images, captions and iterators, as the config names them.
+
+:class:`FungalZSLData` is what the trainer (:mod:`fungizsl.fungalzsl.trainer`) reads from.
 
 Images come from the growth-stage renderer (`data.kind="rendered"`: rendered on access, or once
 into memory with `data.cache_in_memory`), from prepared TFDS shards (`"tfds"`: any builder in
@@ -28,10 +30,10 @@ import sys
 
 from tqdm import tqdm
 
-from fungizsl.errors import ConfigError
-
+from fungizsl.data import builders, pipeline, robustness, scene_pipeline, synthetic
 from fungizsl.data import captions as caption_lib
-from fungizsl.data import pipeline, robustness, scene_pipeline, synthetic
+from fungizsl.data.caption_text import Caption
+from fungizsl.errors import ConfigError
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
@@ -82,8 +84,6 @@ class FungalZSLData:
                                             d.get("robustness_per_class", 100),
                                             seed=self.data_seed + SPLIT_SEED_OFFSET["test"], base=base)
         if d.kind == "tfds":
-            from fungizsl.data import builders
-
             if not d.tfds_dir or not d.tfds_config:
                 raise ValueError("config.data.kind='tfds' needs config.data.tfds_dir and config.data.tfds_config")
             return builders.data_source(d.get("tfds_builder", "fungal_growth_stages"), split,
@@ -127,7 +127,7 @@ class FungalZSLData:
             source = caption_lib.get_caption_source(name, path=d.captions_dir, strip_prompt=d.strip_prompt)
         elif name == "class_descriptions":  # written into the config itself
             given = dict(d.get("class_descriptions") or {})
-            source = caption_lib.ListSource([caption_lib.Caption(c, t, name) for c, texts in given.items()
+            source = caption_lib.ListSource([Caption(c, t, name) for c, texts in given.items()
                                              for t in texts], name=name)
         elif name in ("templates", "scene", "scene_heldout"):
             source = caption_lib.get_caption_source(name, classes=list(self.class_names))

@@ -1,0 +1,159 @@
+"""The whole FungiCLEF 2025 system of Lu et al. ("Few-Shot Classification of Fungi Species Using
+Contrastive Representation Learning and Multimodal Fusion", 2nd place), `configs/fungiclef.py`
+(what `./launch/local.sh fungiclef` runs), on the shared training core:
+
+    features (features.py, cached)  ->  stage 1 (stage1.py)  ->  stage 2 (stage2.py)  ->  ensemble
+
+* Features: token features of a frozen image tower, extracted once from a built `fungiclef2025`
+  TFDS dataset into `workdir/features` (or read from `config.data.features_dir`); the data of
+  every split, grouped by observation with its metadata inputs, comes from `splits.py`.
+* Stage 1 (`workdir/stage1`): DWCL over the tokens on class-balanced batches; selected on
+  validation Top-5 of a prototype classifier over its embeddings.
+* Stage 2 (`workdir/stage2`): the Q-Former fusion of the stage-1 tokens and the metadata, whose
+  visual encoder starts from the selected stage-1 weights; optionally the count prior and the
+  stage-1 prototype scores added to the logits. Scored per observation beside the organisers'
+  baselines on the raw features and the metadata prior alone.
+* Ensemble: the soft (or hard) vote of the stage-2 checkpoints kept at `ensemble_steps` (the paper
+  votes epochs 50/100/150), scored on val and test, with its own Kaggle submission.
+
+Selection is on `val`; `test` is scored once per stage. `summary.json` in the workdir holds the
+headline (stage 2 on test), the baselines, stage 1, the ensemble and the timings.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ml_collections
+
+from fungizsl import metrics_io, runs
+from fungizsl import workdir as workdir_lib
+from fungizsl.errors import ConfigError
+from fungizsl.evaluate import observations as obs_lib
+from fungizsl.fungiclef import features as feat_lib
+from fungizsl.fungiclef.report import HEADLINE, format_table
+from fungizsl.fungiclef.splits import SPLITS, FullData, load_data
+from fungizsl.fungiclef.stage1 import embedding_fn, make_stage1_task, stage1_model, stage1_prototype_scores
+from fungizsl.fungiclef.stage2 import make_stage2_task
+from fungizsl.train import checkpoint, core
+
+
+def ensemble(config, workdir, task, scorer, data: FullData, mesh) -> dict:
+    """Soft vote of the kept stage-2 checkpoints listed in `config.ensemble_steps` (all kept when
+    empty), scored on val and test."""
+    ckpt = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints)
+    kept = sorted(ckpt.all_steps())
+    steps = [s for s in (config.ensemble_steps or kept) if s in kept]
+    if len(steps) < 2:
+        ckpt.close()
+        return {"members": steps, "note": "fewer than 2 kept checkpoints; no ensemble"}
+    trainable = core.build(config, task, mesh)
+    abstract = core.sharded_abstract(trainable)
+    member = {"val": [], "test": []}
+    for step in steps:
+        params = ckpt.restore(abstract, None, step=step)["params"]
+        for split in member:
+            member[split].append(scorer.obs_logits(params, split))
+    ckpt.close()
+    out = {"members": steps, "kind": config.get("ensemble_kind", "soft"),
+           "weights": list(config.get("ensemble_weights", ())) or "equal"}
+    for split, logits in member.items():
+        sp = data.splits[split]
+        mask = sp.groups >= 0
+        pooled = [obs_lib.pool_observations(lg, mask, config.evals.fungiclef.get("pooling", "mean")) for lg in logits]
+        weights = tuple(config.get("ensemble_weights", ())) or None
+        if weights is not None and len(weights) != len(steps):
+            raise ConfigError(f"config.ensemble_weights {weights} must give one weight per member {steps}")
+        votes = obs_lib.weighted_vote(pooled, weights, kind=config.get("ensemble_kind", "soft"))
+        labelled = sp.obs_labels >= 0
+        if labelled.any():
+            out[split] = obs_lib.observation_metrics(votes[labelled], sp.obs_labels[labelled], (1, 5, 10),
+                                                     data.poisonous)
+        if split == "test" and workdir_lib.is_main():
+            obs_lib.write_submission(workdir_lib.as_path(workdir) / "submission_test_ensemble.csv", sp.obs_ids, votes)
+    return out
+
+
+def _stage_config(config, stage: str):
+    """The core's view of one stage: its steps, lr, batch and schedule under the top-level names."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    s = config[stage]
+    for key in ("total_steps", "batch_size", "lr", "wd", "warmup_steps", "log_every", "checkpoint_every",
+                "keep_checkpoints"):
+        c[key] = s[key]
+    c.optim.frozen = tuple(s.get("frozen", ()))
+    c.evals = ml_collections.ConfigDict({"fungiclef": dict(config.evals.fungiclef.to_dict(), every=s.eval_every)})
+    return c
+
+
+def ensure_features(config, workdir, show_progress: bool = True):
+    d = config.data
+    folder = d.features_dir or str(workdir_lib.as_path(workdir) / "features")
+    if feat_lib.is_complete(folder):
+        return folder
+    if not d.tfds_dir:
+        raise ConfigError(f"no complete feature cache at {folder} and no config.data.tfds_dir to extract it from "
+                          f"(a prepared fungiclef2025/{d.tfds_config} dataset)")
+    f = config.features
+    cfg = feat_lib.FeatureConfig(tower=f.tower, image_size=f.image_size, keep=f.keep, views=tuple(f.views),
+                                 batch_size=f.batch_size, shard_size=f.shard_size, small_steps=f.small_steps,
+                                 seed=f.seed)
+    feat_lib.extract(feat_lib.sources_from_tfds(d.tfds_dir, d.tfds_config, SPLITS), folder, cfg, show_progress)
+    return folder
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    workdir = workdir_lib.as_path(workdir)
+    show = workdir_lib.is_main()
+    timings = {}
+    start = time.perf_counter()
+    features_dir = ensure_features(config, workdir, show)
+    timings["features_s"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    data = load_data(config, features_dir, show)
+    timings["load_and_text_s"] = round(time.perf_counter() - start, 1)
+    if show:
+        print(f"FungiCLEF features: {data.tower}; " + ", ".join(
+            f"{s} {len(sp.obs_ids)} observations / {len(sp.labels)} images" for s, sp in data.splits.items()),
+            flush=True)
+
+    stage1_params, stage1 = None, None
+    if config.stage1.total_steps > 0 and config.model.use_visual:
+        start = time.perf_counter()
+        c1 = _stage_config(config, "stage1")
+        mesh = core.make_mesh(c1)
+        stage1 = core.run(c1, workdir / "stage1", make_stage1_task(c1, data), mesh)
+        stage1_params = checkpoint.load_params(workdir / "stage1" / "checkpoints" / str(stage1["step"]))
+        if config.model.use_stage1_prototypes:
+            stage1_prototype_scores(embedding_fn(stage1_model(c1, data)), stage1_params, data)
+        timings["stage1_s"] = round(time.perf_counter() - start, 1)
+
+    start = time.perf_counter()
+    c2 = _stage_config(config, "stage2")
+    if stage1_params is None:
+        c2.optim.frozen = ()
+    mesh = core.make_mesh(c2)
+    task, scorer = make_stage2_task(c2, data, stage1_params)
+    stage2 = core.run(c2, workdir / "stage2", task, mesh)
+    timings["stage2_s"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    ens = ensemble(c2, workdir / "stage2", task, scorer, data, mesh) if config.ensemble else {}
+    timings["ensemble_s"] = round(time.perf_counter() - start, 1)
+
+    summary = {k: stage2.get(k) for k in HEADLINE}
+    summary.update(baselines=stage2.get("baselines", {}), pooling=stage2.get("pooling", {}),
+                   stage1={k: stage1.get(k) for k in HEADLINE} if stage1 else None,
+                   ensemble=ens, tower=data.tower, is_dinov2=("DINOv2" in data.tower and "not DINOv2" not in data.tower),
+                   selection=dict(stage2["selection"], stage1=stage1 and stage1["selection"]),
+                   split="test", timings=timings,
+                   settings={"stage1_loss": config.stage1.loss, "stage1_heads": config.stage1.heads,
+                             "stage1_frozen_in_stage2": bool(config.stage2.frozen),
+                             "pooling": config.evals.fungiclef.get("pooling", "mean"),
+                             "use_visual": config.model.use_visual, "use_text": config.model.use_text,
+                             "use_prior": config.model.use_prior,
+                             "use_stage1_prototypes": config.model.use_stage1_prototypes})
+    if show:
+        metrics_io.write_json(workdir / runs.SUMMARY_FILE, summary)
+        print(format_table(summary), flush=True)
+    workdir_lib.barrier("fungiclef_full_done")
+    return summary
