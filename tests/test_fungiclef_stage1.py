@@ -4,11 +4,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from fungizsl import placement
 from fungizsl.fungiclef.sampler import ClassBalancedSampler
+from fungizsl.fungiclef.stage1 import make_stage1_loss
 from fungizsl.models.fewshot import Stage1Model
 from fungizsl.train import core
-from fungizsl import placement
-from fungizsl.fungiclef.stage1 import make_stage1_loss
+from trainer_runs import assert_same_tree
 
 
 def _config():
@@ -46,5 +47,4 @@ def test_sharded_stage1_step_equals_single_device():
     (p1, l1, a1), (p8, l8, a8) = results
     assert a1 == a8 > 0 and np.isfinite(l1)
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
-    for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
-        np.testing.assert_allclose(y, x, rtol=2e-4, atol=2e-6)
+    assert_same_tree(p1, p8, err_msg="1 vs 8 devices", rtol=2e-4, atol=2e-6)
