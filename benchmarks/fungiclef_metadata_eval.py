@@ -9,7 +9,7 @@ could be evaluated; that is now done by the evaluation-only runner
 (`configs/evaluate.py:model=<metadata_only run>,fungiclef=<CSV>`, with the run's count prior as
 a baseline). It stays as a contrast only: this cruder, far less confident classifier is the one
 whose probabilities let the expected-cost rule (`fungizsl.evaluate.decisions`) flag the Val-dev
-poisonous observations (README, "Evaluate without training").
+poisonous observations (docs/evaluation.md).
 
     python benchmarks/fungiclef_metadata_eval.py --data ../shared/data/fungiclef2025 --out nb.json
 """

@@ -79,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.per_class = ml_collections.ConfigDict(dict(train=1600, val=200, test=200))  # the paper's split
     # Per-image `scene` captions describe the whole field (spore counts, density, where colonies
     # sit): a random crop would train on a caption of what is no longer in view, and it cost 9
-    # points of val zero-shot at 500 steps (README "Results", ablation). Stage-level captions keep
+    # points of val zero-shot at 500 steps (docs/results.md, ablation). Stage-level captions keep
     # the crop.
     config.data.augment = "microscopy_whole_field" if arg.captions == "scene" else "microscopy"
     config.data.worker_count = 0
@@ -150,8 +150,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.log_every = 25
         config.model.vocab_size = 1024
         config.model.text_context = 64
-        # Issue 10's recipes for the 2-core job, class-aware loss at 96 px, selected on val (README
-        # "Results", ablations). Convolutional towers learn the stages far faster than the tiny
+        # Issue 10's recipes for the 2-core job, class-aware loss at 96 px, selected on val
+        # (docs/results.md, ablations). Convolutional towers learn the stages far faster than the tiny
         # ViT; same-stage pairs as extra positives beat the plain per-image loss (0.707 vs 0.653
         # val zero-shot at 200 steps): the targets are class-level, and a scene caption's
         # negatives of the same stage only slow learning the stage down (the labels are training

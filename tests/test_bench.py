@@ -1,4 +1,4 @@
-"""Smoke test of the throughput benchmark (no timing asserts): the record has the keys the README
+"""Smoke test of the throughput benchmark (no timing asserts): the record has the keys docs/benchmarks.md
 and the JSON promise, PyTorch's reference starts from our weights (equal initial loss), model
 FLOPs are counted exactly, and the loss's communication grows with the batch."""
 

@@ -64,7 +64,7 @@ def test_fungalzsl_default_captions_are_per_image_scenes_with_heldout_prompts():
     assert local.loss.class_aware and local.data.image_size == fungalzsl.RUNLOCAL_CPU_SIZE == 96
     assert local.data.captions == "scene" and "robust_size128" in local.evals
     assert local.batch_size == 32 and local.eval_every * 2 == local.total_steps
-    resnet = fungalzsl.get_config("arch=rn_tiny,runlocal")  # the README's rn_tiny rows
+    resnet = fungalzsl.get_config("arch=rn_tiny,runlocal")  # the rn_tiny rows of docs/results.md
     assert resnet.loss.class_aware and (resnet.batch_size, resnet.total_steps) == (64, 1200)
     paper = fungalzsl.get_config("arch=tiny,runlocal,captions=fungalzsl_split,data_dir=/data/fungalzsl")
     assert paper.data.captions_dir == "/data/fungalzsl" and paper.loss.class_aware

@@ -1,4 +1,4 @@
-"""Evaluation-only runs (`configs/evaluate.py`): the command as the README writes it, on a tiny
+"""Evaluation-only runs (`configs/evaluate.py`): the command as docs/evaluation.md writes it, on a tiny
 trained run, its Hugging Face export and a class folder of rendered images of several sizes."""
 
 import json
