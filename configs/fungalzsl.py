@@ -116,6 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=-1 if large else 1))
     # Regexes over '/'-joined param paths -> mesh axis; unmatched params stay replicated.
     config.sharding_rules = ((".*", "fsdp"),) if large else ()
+    config.sharding_min_size = 2 ** 18  # leaves with fewer elements stay replicated
 
     config.log_every = 20
     config.eval_every = 500  # val evaluations (each entry of config.evals may set its own `every`)

@@ -13,7 +13,7 @@ Arroyo, Durdevic 2025) may nest dicts and hold numpy or jax scalars and arrays.
   TensorBoard event file through tensorboardX (no TensorFlow needed); non-scalars are skipped.
   `read_scalars` reads event files back (a small TFRecord reader; tensorboard is not required).
 * `TensorBoard` is the trainers' writer: process 0 only, and for a `gs://` logdir it writes
-  locally and uploads at every flush.
+  locally and uploads at most every `upload_every` seconds (default 60) and at close.
 * `format_table` / `print_table` render a flat, aligned two-column table for the console.
 """
 
@@ -24,6 +24,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -218,27 +219,34 @@ class TensorBoard:
     """A tensorboardX writer for ``logdir`` (process 0 only; ``None`` writer elsewhere).
 
     tensorboardX writes local files only: for a non-local ``logdir`` the events go to a local
-    temporary folder and every :meth:`flush` copies them over.
+    temporary folder, copied over by :meth:`flush`. Each copy re-uploads the whole events file, so
+    :meth:`scalars` copies at most every ``upload_every`` seconds (``clock`` tells the time);
+    :meth:`flush` and :meth:`close` always copy.
     """
 
-    def __init__(self, logdir: epath.Path):
+    def __init__(self, logdir: epath.Path, upload_every: float = 60.0, clock=time.monotonic):
         self.logdir = epath.Path(logdir)
         self.local = os.fspath(self.logdir) if workdir.is_local(self.logdir) else tempfile.mkdtemp(prefix="fungizsl_tb_")
         self.writer = SummaryWriter(self.local)
+        self.upload_every, self.clock = float(upload_every), clock
+        self.last_upload = None
         if workdir.is_local(self.logdir):
             workdir.WRITES.append(str(self.logdir))
 
     def scalars(self, values: dict[str, float], step: int, prefix: str) -> None:
         write_scalars(self.writer, values, step, prefix=prefix)
-        self.flush()
+        if self.last_upload is None or self.clock() - self.last_upload >= self.upload_every:
+            self.flush()
+        else:
+            self.writer.flush()  # local file up to date; the copy waits
 
     def flush(self) -> None:
         self.writer.flush()
         if not workdir.is_local(self.logdir):
             workdir.upload_dir(self.local, self.logdir)
+            self.last_upload = self.clock()
 
     def close(self) -> None:
-        self.flush()
         self.writer.close()
         if not workdir.is_local(self.logdir):
             workdir.upload_dir(self.local, self.logdir)

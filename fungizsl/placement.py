@@ -10,7 +10,9 @@ both, so FSDP devices also share the batch. This module sits below ``fungizsl.da
 
 On several hosts each process passes its own slice (``global batch / process_count`` examples) and
 ``jax.make_array_from_process_local_data`` assembles the global array without gathering it
-anywhere.
+anywhere. Weights loaded on the host (a pretrained folder, an earlier run) are the other case:
+every process holds the whole tree, and :func:`from_host` cuts each process's shards out of it
+(JAX refuses numpy inputs with a sharding that spans several processes).
 """
 
 from __future__ import annotations
@@ -57,6 +59,18 @@ def to_global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh):
     if len(set(sizes.values())) != 1 or None in sizes.values():
         raise ValueError(f"every batch field needs the same leading (batch) dimension, got {sizes}")
     return shard_batch(dict(batch), mesh)
+
+
+def from_host(tree, shardings):
+    """Global arrays of ``tree`` (host arrays, the full value on every process) placed with
+    ``shardings`` (a tree of the same structure): each process puts only the shards its own
+    devices hold, cut from its host copy, so this works with one process or many."""
+
+    def place(leaf, sharding):
+        value = np.asarray(leaf)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(place, tree, shardings)
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:

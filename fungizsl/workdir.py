@@ -12,6 +12,12 @@ by process 0 (:func:`is_main`), and :func:`barrier` makes the others wait before
 Every write through this module is recorded in :data:`WRITES`; :func:`write_audit` saves that
 record per process (``audit/writes_process_<i>.json``) so a test can show that each file was
 written once, by the process that should write it.
+
+:func:`check_writable` runs before a run does any work (``fungizsl.main`` calls it): every
+process creates the workdir and writes, reads back and removes a probe file of its own, because
+every process writes there (Orbax saves each process's shards of the state) and reads there (a
+resume); a folder that cannot be created or written stops the run with a one-line
+:class:`~fungizsl.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import tempfile
 import jax
 from etils import epath
 from jax.experimental import multihost_utils
+
+from fungizsl.errors import ConfigError
 
 #: Workdir paths this process wrote, in order (see :func:`write_audit`).
 WRITES: list[str] = []
@@ -46,6 +54,27 @@ def barrier(name: str) -> None:
     """Every process waits here until all have arrived (no-op with one process)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def check_writable(workdir: str | os.PathLike, what: str = "--workdir") -> epath.Path:
+    """Creates ``workdir`` (if needed) and writes, reads back and removes a probe file there, on
+    this process; any failure (read-only, a file in the way, an unreachable bucket) is a
+    :class:`ConfigError` naming the folder. The probe is not recorded in :data:`WRITES`."""
+    text = os.fspath(workdir)
+    try:
+        path = as_path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".fungizsl_write_probe_{jax.process_index()}_{os.getpid()}"
+        probe.write_bytes(b"probe")
+        readable = probe.read_bytes() == b"probe"
+        probe.unlink()
+    except Exception as error:  # noqa: BLE001 - OSError locally, the filesystem's own errors on gs://
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise ConfigError(f"{what}={text} cannot be created or written ({reason}); choose a folder "
+                          f"every process can create and write") from None
+    if not readable:
+        raise ConfigError(f"{what}={text} does not read back what was written; choose another folder")
+    return path
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> epath.Path:

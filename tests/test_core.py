@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fungizsl.errors import ConfigError
 from fungizsl.train import core
 
 VAL_SCORES = {3: 0.1, 6: 0.9, 9: 0.5, 12: 0.2}  # best at step 6, not the last
@@ -78,11 +79,24 @@ def test_selects_on_val_and_tests_the_best_checkpoint_once(tmp_path, capsys):
     assert (last["selection"]["step"], last["fit/counter"]) == (12, 12)
 
 
-def test_selection_on_the_test_split_is_refused(tmp_path):
-    config = toy_config()
-    config.evals.fit.split = "test"
-    with pytest.raises(ValueError, match="select on 'val'"):
-        core.run(config, tmp_path, toy_task())
+def test_the_final_split_during_training_or_for_selection_is_refused_before_anything_is_written(tmp_path):
+    for split in ("test", "test_gray"):  # the final split, and a variant of it (a shifted test set)
+        config = toy_config(best_metric="", final_eval_checkpoint="last")
+        config.evals.fit.split = split
+        with pytest.raises(ConfigError) as refused:
+            core.run(config, tmp_path / split, toy_task())
+        assert str(refused.value) == (
+            f"config.evals.fit.split='{split}' is the final split 'test' (or a variant of it) and "
+            f"config.evals.fit.every=3 would run it during training: set config.evals.fit.every=0 or split='val'")
+        assert not (tmp_path / split).exists()
+    config = toy_config()  # a final-only entry on test_gray is fine, but not as the selection metric
+    config.evals.gray = dict(type="toy", split="test_gray", every=0)
+    config.best_metric = "gray/score"
+    with pytest.raises(ConfigError) as refused:
+        core.run(config, tmp_path / "select", toy_task())
+    assert str(refused.value) == ("config.best_metric='gray/score' is measured on config.evals.gray.split="
+                                  "'test_gray', the final split 'test' or a variant of it: select on 'val' instead")
+    assert not (tmp_path / "select").exists()
 
 
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -285,6 +285,40 @@ def test_tensorboard_scalars_written_and_read_back(tmp_path):
     assert not any("confusion" in tag or "name" in tag for tag in back)
 
 
+def test_tensorboard_on_gs_uploads_at_most_every_n_seconds_and_at_close(tmp_path, monkeypatch):
+    """tensorboardX writes locally; each upload re-sends the whole events file, so a gs:// logdir
+    gets one at the first log, then only once `upload_every` seconds have passed, and at close."""
+    import shutil
+
+    from fungizsl import workdir
+
+    uploads = []  # (time of the upload, the scalars the uploaded copy holds)
+
+    def upload_dir(local, dest):
+        assert str(dest) == "gs://bucket/run/tb"
+        copy = tmp_path / f"upload_{len(list(tmp_path.glob('upload_*')))}"
+        shutil.copytree(local, copy)
+        uploads.append((now[0], metrics_io.read_scalars(copy).get("train/loss", [])))
+
+    monkeypatch.setattr(workdir, "upload_dir", upload_dir)
+    now = [0.0]
+    default = metrics_io.TensorBoard("gs://bucket/run/tb")
+    assert default.upload_every == 60
+    default.close()
+    uploads.clear()
+    tb = metrics_io.TensorBoard("gs://bucket/run/tb", upload_every=60, clock=lambda: now[0])
+    for step, t in enumerate((0, 10, 59, 60, 61, 119, 130, 131), start=1):
+        now[0] = float(t)
+        tb.scalars({"loss": float(step)}, step, prefix="train")
+    # t=0 (first), t=60 (60 s after 0), t=130 (70 s after 60); not 10, 59, 61, 119 or 131. (What an
+    # upload holds may lag by the event tensorboardX's writer thread has not written yet.)
+    assert [t for t, _ in uploads] == [0.0, 60.0, 130.0]
+    now[0] = 140.0
+    tb.close()  # drains the writer: the last upload holds every step
+    assert [t for t, _ in uploads] == [0.0, 60.0, 130.0, 140.0]
+    assert uploads[-1][1] == [(k, float(k)) for k in range(1, 9)]
+
+
 def test_console_table():
     text = metrics_io.format_table({"zeroshot": {"accuracy": 0.666666, "n": 6}, "cm": np.eye(3)},
                                    title="eval @ step 10")

@@ -15,6 +15,7 @@ from configs import evaluate as evaluate_config
 from fungizsl.data import augment, synthetic
 from fungizsl.evaluate import zeroshot
 from fungizsl import runs
+from fungizsl.errors import ConfigError
 from fungizsl.data import image_sets
 from fungizsl.fungalzsl import evaluate as evaluate_only, load
 
@@ -100,21 +101,28 @@ def test_several_models_give_one_comparison_and_checkpoint_equals_export(tiny_ru
     assert len(json.loads((tmp_path / "cmp" / "comparison.json").read_text())) == 3
 
 
-def test_corrupt_image_error_names_the_file(tiny_run, class_folder, tmp_path):
+def test_corrupt_image_is_skipped_and_counted(tiny_run, class_folder, tmp_path):
     broken = tmp_path / "broken"
     for stage in STAGES:
         (broken / stage).mkdir(parents=True)
         Image.open(class_folder / stage / "0.png").save(broken / stage / "0.png")
     (broken / "hyphae" / "bad.jpg").write_bytes(b"not a jpeg at all")
     config = evaluate_config.get_config(f"model={tiny_run}/hf_export,images={broken}")
+    evaluate_only.train_and_evaluate(config, str(tmp_path / "out"))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["num_images"] == 3 and summary["num_skipped_images"] == 1
+    assert summary["skipped_images"][0]["file"] == str(broken / "hyphae" / "bad.jpg")
+    # without a list to count them in, embed_images still stops on the file, naming it
+    images = image_sets.folder_images(str(broken))
     with pytest.raises(augment.CorruptImageError, match="bad.jpg"):
-        evaluate_only.train_and_evaluate(config, str(tmp_path / "out"))
-    assert not (tmp_path / "out" / "summary.json").exists()
+        evaluate_only.embed_images(load.load_model(f"{tiny_run}/hf_export"), images, 4)
 
 
 def test_bad_model_and_folder_errors(tmp_path, class_folder):
-    with pytest.raises(FileNotFoundError, match="neither a Hugging Face CLIP folder"):
+    with pytest.raises(ConfigError, match="is not a model folder"):
         load.load_model(str(tmp_path))
+    with pytest.raises(ConfigError, match="no such folder"):
+        load.load_model(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="no images for classes"):
         image_sets.folder_images(str(class_folder), ["spore", "conidia"])
     with pytest.raises(ValueError, match="config.models is empty"):

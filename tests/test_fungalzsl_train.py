@@ -109,7 +109,10 @@ def test_resnet_tower_trains_carries_batch_stats_and_exports_open_clip(tmp_path)
     from fungizsl.weights import open_clip
 
     run = tmp_path / "rn"
-    finish(_train(run, "--config.model.arch=rn_tiny"))
+    finish(_train(run, "--config.model.arch=rn_tiny", "--config.audit_writes=True"))
+    writes = json.loads((run / "audit" / "writes_process_0.json").read_text())
+    for name in ("open_clip_model.safetensors", "open_clip_config.json", "tokenizer.json"):
+        assert writes.count(str(run / "open_clip_export" / name)) == 1, (name, writes)
     variables = checkpoint.load_variables(str(run))
     means = [np.asarray(v) for v in jax_leaves(variables["batch_stats"])]
     assert means and any(np.abs(m).max() > 0 for m in means), "running statistics never moved"
@@ -136,3 +139,60 @@ def jax_leaves(tree):
 def assert_same_structure(a, b):
     import jax
     assert jax.tree.structure(a) == jax.tree.structure(b), "the two variable trees differ in structure"
+
+
+def _tiny_config(init):
+    """The config of the tiny runs above, in process, starting from ``init``."""
+    from configs import fungalzsl as fungalzsl_config
+
+    config = fungalzsl_config.get_config("arch=tiny,runlocal,captions=templates")
+    config.unlock()
+    config.update(batch_size=16, total_steps=12, warmup_steps=2, eval_every=1000)
+    config.data.update(image_size=32, per_class=dict(train=16, val=4, test=8), robustness_per_class=2)
+    config.model.update(vocab_size=300, text_context=24, init=str(init))
+    return config
+
+
+def test_init_from_a_run_starts_from_the_step_selected_on_val(straight, tmp_path):
+    """A run whose summary.json selected an older step than its newest: init=<run> must load that
+    step's weights, not the newest."""
+    import shutil
+
+    import numpy as np
+
+    from fungizsl import runs, tokenizers
+    from fungizsl.fungalzsl import model as model_lib
+    from fungizsl.train import checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    kept = runs.steps(run)
+    assert len(kept) >= 2 and kept[-1] == 12, kept
+    summary = json.loads((run / "summary.json").read_text())
+    summary["selection"]["step"] = kept[0]  # as if val had preferred the oldest kept checkpoint
+    (run / "summary.json").write_text(json.dumps(summary))
+
+    tokenizer = tokenizers.load_tokenizer(str(run / "tokenizer"), length=24)
+    _, variables = model_lib.build_model(_tiny_config(run), tokenizer)
+    chosen = checkpoint.load_variables(str(run / "checkpoints" / str(kept[0])))
+    newest = checkpoint.load_variables(str(run / "checkpoints" / "12"))
+    for got, want in zip(jax_leaves(variables), jax_leaves(chosen)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax_leaves(chosen), jax_leaves(newest)))
+
+
+def test_an_init_that_brings_its_tokenizer_builds_no_tokenizer_corpus(straight, tmp_path, monkeypatch):
+    """The corpus (for captions=scene, the captions of every training render) is built only to train
+    a from-scratch BPE: never with a Hugging Face folder or an earlier run as init."""
+    from fungizsl.fungalzsl import inputs
+    from fungizsl.fungalzsl import trainer as fungalzsl
+    from fungizsl.train import core
+
+    corpus, calls = inputs.FungalZSLData.tokenizer_corpus, []
+    monkeypatch.setattr(inputs.FungalZSLData, "tokenizer_corpus",
+                        lambda self: calls.append(1) or corpus(self))
+    for name, init in (("from_hf", straight / "hf_export"), ("from_run", straight), ("scratch", "scratch")):
+        config = _tiny_config(init)
+        fungalzsl.make_task(config, tmp_path / name, core.make_mesh(config))
+        assert len(calls) == (name == "scratch"), (name, calls)
+        assert (tmp_path / name / "tokenizer").exists() == (name == "scratch"), name

@@ -114,6 +114,24 @@ def test_submission_format(tmp_path):
         obs.write_submission(tmp_path / "bad.csv", [1, 1], scores)
 
 
+def test_submission_is_written_by_process_0_alone_through_the_write_audit(tmp_path, monkeypatch):
+    """Every process calls write_submission (each holds the gathered scores); process 0 writes the
+    file and the workdir audit records it; any other process writes and records nothing."""
+    import jax
+
+    from fungizsl import workdir
+
+    scores = np.arange(24, dtype=float).reshape(2, 12)
+    monkeypatch.setattr(workdir, "WRITES", [])
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    obs.write_submission(tmp_path / "other.csv", [555, 777], scores)
+    assert not (tmp_path / "other.csv").exists() and workdir.WRITES == []
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    path = obs.write_submission(tmp_path / "main.csv", [555, 777], scores)
+    assert workdir.WRITES == [str(tmp_path / "main.csv")] == [path]
+    assert open(path).read().splitlines()[1] == "555," + " ".join(str(c) for c in range(11, 1, -1))
+
+
 def test_baselines_and_evaluator(tmp_path):
     rng = np.random.RandomState(0)
     centres = rng.randn(5, 16)

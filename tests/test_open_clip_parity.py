@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fungizsl import tokenizers
+from fungizsl import tokenizers, workdir
 from fungizsl.models import resnet, two_towers
 from fungizsl.weights import CheckpointMismatchError
 from fungizsl.weights import open_clip as oc
@@ -92,11 +92,15 @@ def test_bin_checkpoint_and_bare_state_dict(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["vit", "resnet"])
-def test_export_loads_into_open_clip(tmp_path, kind):
+def test_export_loads_into_open_clip(tmp_path, kind, monkeypatch):
     cfg = ref.TINY_VIT if kind == "vit" else ref.TINY_RESNET
     torch_model = ref.build_tiny(cfg, quick_gelu=True, seed=5)
     model, variables = oc.load_open_clip(ref.save_folder(torch_model, cfg, tmp_path / "in", quick_gelu=True))
+    monkeypatch.setattr(workdir, "WRITES", [])
     out = oc.export_open_clip(model, variables, str(tmp_path / "out"))
+    # written through the workdir module, so the write audit of a run sees the export
+    assert sorted(workdir.WRITES) == [str(tmp_path / "out" / n) for n in
+                                      ("open_clip_config.json", "open_clip_model.safetensors")]
     exported = json.loads(open(os.path.join(out, "open_clip_config.json")).read())["model_cfg"]
     rebuilt = ref.open_clip_module("model").CLIP(**exported).eval()
     from safetensors.torch import load_file

@@ -48,10 +48,28 @@ def test_bad_conditions_and_splits_are_named():
 
 def test_final_pass_runs_final_only_variants_on_their_own_split():
     entries = {"zeroshot": {"split": "val", "every": 10}, "robust_gray": {"split": "test_gray", "every": 0},
-               "later": {"split": "val", "every": 0}, "trained_on": {"split": "test_x", "every": 5}}
+               "later": {"split": "val", "every": 0}}
     passes = core.final_passes(entries, "test")
-    assert set(passes["test"]) == {"zeroshot", "later", "trained_on"}
+    assert set(passes["test"]) == {"zeroshot", "later"}
     assert set(passes["test_gray"]) == {"robust_gray"}
+
+
+def test_a_shifted_test_set_during_training_is_refused_before_anything_is_prepared(tmp_path):
+    """A test variant with every > 0 would show the final split to training: the FungalZSL trainer
+    refuses it before it renders a split or trains a tokenizer."""
+    from configs import fungalzsl as fungalzsl_config
+    from fungizsl.errors import ConfigError
+    from fungizsl.fungalzsl import trainer
+
+    config = fungalzsl_config.get_config("arch=tiny,runlocal,captions=templates")
+    config.evals.robust_gray.every = 5
+    with pytest.raises(ConfigError) as refused:
+        trainer.train_and_evaluate(config, tmp_path / "run")
+    assert str(refused.value) == (
+        "config.evals.robust_gray.split='test_gray' is the final split 'test' (or a variant of it) and "
+        "config.evals.robust_gray.every=5 would run it during training: set config.evals.robust_gray.every=0 "
+        "or split='val'")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_reports_every_shifted_test_set(tmp_path):

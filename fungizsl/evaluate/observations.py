@@ -21,11 +21,13 @@ organisers' baselines on raw features: nearest neighbour and class prototype (co
 from __future__ import annotations
 
 import csv
+import io
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from etils import epath
 
+from fungizsl import workdir
 from fungizsl.evaluate.calibration import log_softmax
 from fungizsl.evaluate.decisions import poison_costs
 from fungizsl.evaluate.registry import register
@@ -136,7 +138,9 @@ def weighted_vote(member_scores: Sequence[np.ndarray], weights: Sequence[float] 
 
 def write_submission(path, observation_ids, scores, class_ids: Sequence[int] | None = None, k: int = 10) -> str:
     """The Kaggle CSV: header `observationId,predictions`, one row per observation with its k best
-    class ids separated by spaces (column j of `scores` is class `class_ids[j]`, default j)."""
+    class ids separated by spaces (column j of `scores` is class `class_ids[j]`, default j).
+    Every process may call it (each has the scores); process 0 alone writes, through
+    :mod:`fungizsl.workdir` (recorded in its write audit)."""
     observation_ids = np.asarray(observation_ids)
     scores = np.asarray(scores)
     if len(observation_ids) != len(scores):
@@ -145,13 +149,13 @@ def write_submission(path, observation_ids, scores, class_ids: Sequence[int] | N
         raise ValueError("observation ids repeat; pool images per observation before writing a submission")
     ids = np.arange(scores.shape[1]) if class_ids is None else np.asarray(class_ids)
     best = ids[top_k(scores, k)]
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["observationId", "predictions"])
-        for obs, row in zip(observation_ids, best):
-            writer.writerow([int(obs), " ".join(str(int(c)) for c in row)])
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["observationId", "predictions"])
+    for obs, row in zip(observation_ids, best):
+        writer.writerow([int(obs), " ".join(str(int(c)) for c in row)])
+    if workdir.is_main():
+        workdir.write_text(path, text.getvalue())
     return str(path)
 
 

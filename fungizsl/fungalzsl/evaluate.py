@@ -25,8 +25,9 @@ Data (`config.data.kind`), read by :mod:`fungizsl.data.image_sets`:
   * "csv": images listed in a CSV with a label column (`csv`, `image_column`, `label_column`,
     `image_root`), e.g. Mushroom Observer's images.csv.
 Images are resized and center-cropped to the model's input size with CLIP normalisation (the
-evaluation transform of the training pipeline). A file that does not decode stops the run with
-an error naming it.
+evaluation transform of the training pipeline). A file that does not decode is skipped and
+counted, as the dataset builders do: one line on stderr names the first few, and `summary.json`
+holds `num_skipped_images` and `skipped_images` (file and reason); metrics cover the others.
 
 Evaluations (zero-shot always; the others when configured under `config.evals`):
   zeroshot      prompt-ensembled zero-shot accuracy for each prompt source in `config.prompts`
@@ -44,6 +45,7 @@ Writes (process 0 only, through etils.epath so gs:// works): `DIR/summary.json` 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
@@ -55,6 +57,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from fungizsl import metrics_io, runs
+from fungizsl.errors import ConfigError
 from fungizsl.data import augment, image_sets
 from fungizsl.data import captions as caption_lib
 from fungizsl.evaluate import descriptions, openset, plots, zeroshot
@@ -67,20 +70,42 @@ NAME_TEMPLATES = ("a photo of {}.", "a close-up photo of {}.", "a photo of the f
                   "an image of {}.", "a microscopy image of {}.")
 
 
-def embed_images(model: load.LoadedModel, images: image_sets.ImageSet, batch_size: int, workers: int = 4) -> np.ndarray:
-    """Unit image embeddings [N, D]; decoding and resizing run on `workers` threads."""
+def embed_images(model: load.LoadedModel, images: image_sets.ImageSet, batch_size: int, workers: int = 4,
+                 skipped: list | None = None) -> np.ndarray:
+    """Unit image embeddings [N, D]; decoding and resizing run on `workers` threads. With a list
+    `skipped`, an image that does not decode is left out (the rows are those of the others, in
+    order) and `(index, reason)` is appended to `skipped`; without it the error propagates."""
     norm = augment.get_normalization(model.normalization)
 
     def prepare(i):
-        return augment.eval_image(images.load(i), model.image_size, norm)
+        try:
+            return augment.eval_image(images.load(i), model.image_size, norm)
+        except augment.CorruptImageError as error:
+            if skipped is None:
+                raise
+            return str(error)
 
     out = []
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for start in tqdm(range(0, len(images), batch_size), desc=f"embed images ({model.name})",
                           disable=jax.process_index() != 0, leave=False):
-            batch = np.stack(list(pool.map(prepare, range(start, min(start + batch_size, len(images))))))
-            out.append(model.encode_images(batch))
+            indices = range(start, min(start + batch_size, len(images)))
+            prepared = list(pool.map(prepare, indices))
+            if skipped is not None:
+                skipped.extend((i, p) for i, p in zip(indices, prepared) if isinstance(p, str))
+            batch = [p for p in prepared if not isinstance(p, str)]
+            if batch:
+                out.append(model.encode_images(np.stack(batch)))
+    if not out:
+        raise ConfigError(f"no image of {images.describe} decodes ({len(images)} tried); check the image files")
     return np.concatenate(out)
+
+
+def skip_message(files: Sequence[str], total: int) -> str:
+    """The one line an evaluation with undecodable images prints (stderr, process 0)."""
+    shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+    return (f"fungizsl: skipped {len(files)} of {total} images that do not decode ({shown}); "
+            f"summary.json lists them under skipped_images")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,8 +184,9 @@ def _load_taxonomy(config, class_names):
 
 def evaluate_model(config, model: load.LoadedModel, images: image_sets.ImageSet, plot_path=None) -> dict[str, Any]:
     names = images.class_names
-    y = images.labels
-    zimg = embed_images(model, images, config.batch_size, config.data.get("workers", 4))
+    skipped: list = []  # undecodable images are left out and counted (docs/evaluation.md)
+    zimg = embed_images(model, images, config.batch_size, config.data.get("workers", 4), skipped)
+    y = np.delete(images.labels, [i for i, _ in skipped])
     taxonomy = _load_taxonomy(config, names)
     results: dict[str, Any] = {}
     sources = [resolve_prompt_source(s.strip(), names) for s in str(config.prompts).split(",") if s.strip()]
@@ -184,6 +210,8 @@ def evaluate_model(config, model: load.LoadedModel, images: image_sets.ImageSet,
         "per_class_accuracy": main["per_class_accuracy"],
         "top_k": main["top_k"],
         "num_images": main["num_images"],
+        "num_skipped_images": len(skipped),
+        "skipped_images": [{"file": images.names[i], "reason": reason} for i, reason in skipped],
         "confusion_matrix": main["confusion"].tolist(),
         "zeroshot_accuracy_by_prompt_source": {k.split("/", 1)[1]: v["accuracy"] for k, v in results.items()},
     }
@@ -301,8 +329,18 @@ def _plot_comparison(rows, path):
 def model_specs(config) -> list[str]:
     specs = list(config.get("models", ()) or ())
     if not specs:
-        raise ValueError("config.models is empty: name at least one model (model=DIR or model=A;B)")
+        raise ConfigError("config.models is empty: name at least one model (model=DIR or model=A;B)")
     return specs
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """What ``fungizsl.main`` checks before any model is loaded or anything written: every
+    ``model=`` folder, and a class folder ``images=`` (one-line :class:`ConfigError` otherwise)."""
+    for spec in model_specs(config):
+        load.check_model_folder(spec)
+    if config.data.kind == "folder" and not epath.Path(config.data.images).is_dir():
+        raise ConfigError(f"config.data.images={config.data.images}: no such folder; images= names a folder "
+                          f"of class folders (root/<class>/<image>)")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -318,6 +356,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         model = load.load_model(spec, config.batch_size)
         plot_name = f"confusion_matrix_{k}_{model.name}.png" if several else "confusion_matrix.png"
         summaries.append(evaluate_model(config, model, images, out / plot_name))
+        if k == 0 and is_main and summaries[0]["num_skipped_images"]:
+            files = [s["file"] for s in summaries[0]["skipped_images"]]
+            print(skip_message(files, len(images)), file=sys.stderr, flush=True)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         for s in summaries:
@@ -331,10 +372,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         summary = summaries[0]
         if is_main:
             metrics_io.write_json(out / runs.SUMMARY_FILE, summary)
-        return {k: v for k, v in summary.items() if k not in ("data", "confusion_matrix")}
+        return {k: v for k, v in summary.items() if k not in ("data", "confusion_matrix", "skipped_images")}
     rows = comparison_rows(summaries)
     table = comparison_markdown(rows)
     summary = {"models": summaries, "comparison": rows, "num_images": len(images),
+               "num_skipped_images": summaries[0]["num_skipped_images"],
+               "skipped_images": summaries[0]["skipped_images"],
                "data": {"source": images.describe, "class_names": images.class_names}}
     if is_main:
         print(table, flush=True)

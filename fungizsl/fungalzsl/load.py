@@ -89,8 +89,30 @@ def is_fungiclef_run(path) -> bool:
                for run in (folder, root / "stage2", root))
 
 
+#: What ``model=`` may name, for the one-line errors of :func:`check_model_folder`.
+MODEL_KINDS = ("a Hugging Face CLIP folder (config.json), an open_clip folder (open_clip_config.json), a "
+               "fungizsl workdir (checkpoints/), a checkpoint step folder (state/) or a run with hf_export/ "
+               "or open_clip_export/")
+EXPORTS = ("hf_export", "open_clip_export")
+
+
+def check_model_folder(spec: str) -> None:
+    """Before any work: a :class:`ConfigError` naming ``spec`` unless it is a folder of a kind
+    :func:`load_model` reads (a FungiCLEF run is refused here too)."""
+    path = epath.Path(spec)
+    if not path.is_dir():
+        raise ConfigError(f"model {spec}: no such folder; model= (config.models) names {MODEL_KINDS}")
+    if runs.is_run(path) and is_fungiclef_run(path):
+        raise ConfigError(f"model {spec} is a FungiCLEF run, not a two-tower CLIP model: evaluate it per "
+                          f"observation on a FungiCLEF CSV (fungiclef=CSV, config.data.fungiclef_csv)")
+    if not (weights.is_hf_folder(path) or weights.open_clip.is_open_clip_checkpoint(os.fspath(path))
+            or runs.is_run(path) or any((path / export).is_dir() for export in EXPORTS)):
+        raise ConfigError(f"model {spec} is not a model folder: model= (config.models) names {MODEL_KINDS}")
+
+
 def load_model(spec: str, batch_size: int = 32) -> LoadedModel:
     """Loads a Hugging Face CLIP folder or a fungizsl run/step folder (see the module doc)."""
+    check_model_folder(spec)
     path = epath.Path(spec)
     name = path.name if path.name not in ("hf_export", "") else f"{path.parent.name}-hf"
     if weights.is_hf_folder(path):
@@ -109,10 +131,7 @@ def load_model(spec: str, batch_size: int = 32) -> LoadedModel:
         if path.name == "open_clip_export":
             name = f"{path.parent.name}-open_clip"
         return _wrap(module, variables, tokenizer, name, spec, "open_clip", batch_size)
-    if runs.is_run(path):
-        if is_fungiclef_run(path):
-            raise ConfigError(f"model {spec} is a FungiCLEF run, not a two-tower CLIP model: evaluate it per "
-                              f"observation on a FungiCLEF CSV (fungiclef=CSV, config.data.fungiclef_csv)")
+    if runs.is_run(path):  # not a FungiCLEF run: check_model_folder refused those
         module, variables, tokenizer = load_run(path)
         root = runs.run_root(path)
         name = root.name if path == root else f"{root.name}@{path.name}"
@@ -120,13 +139,8 @@ def load_model(spec: str, batch_size: int = 32) -> LoadedModel:
         chosen = runs.selected_step_folder(path)
         loaded.step = int(chosen.name) if chosen.name.isdigit() else None
         return loaded
-    for export in ("hf_export", "open_clip_export"):
-        if (path / export).is_dir():
-            return load_model(os.fspath(path / export), batch_size)
-    raise FileNotFoundError(
-        f"model {spec!r} is neither a Hugging Face CLIP folder (config.json), an open_clip folder "
-        f"(open_clip_config.json), a fungizsl workdir (checkpoints/), a checkpoint step folder (state/) "
-        f"nor a run with hf_export/ or open_clip_export/")
+    export = next(path / export for export in EXPORTS if (path / export).is_dir())  # check_model_folder: one is
+    return load_model(os.fspath(export), batch_size)
 
 
 def load_run(path: epath.Path):

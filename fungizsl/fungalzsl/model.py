@@ -9,7 +9,11 @@
   architecture, weights and tokenizer;
 * an open_clip folder (``open_clip_config.json``): likewise, through :mod:`fungizsl.weights.open_clip`;
 * an earlier fungizsl run, or one of its step folders: the run's tokenizer and architecture, with
-  the weights of that checkpoint.
+  the weights of that checkpoint (for a run folder, the step its ``summary.json`` selected on val,
+  :func:`fungizsl.runs.selected_step_folder`; the newest where it has no summary).
+
+Only a from-scratch run that has no tokenizer yet trains one: the caption corpus is asked for
+(``corpus``, a callable) then, by process 0, and never when the init brings its tokenizer.
 
 The trainer (:mod:`fungizsl.fungalzsl.trainer`) and the evaluation-only loader
 (:mod:`fungizsl.fungalzsl.load`) both build the from-scratch architecture through
@@ -25,8 +29,9 @@ import tempfile
 import jax
 from etils import epath
 
-from fungizsl import tokenizers, weights
+from fungizsl import runs, tokenizers, weights
 from fungizsl import workdir as workdir_lib
+from fungizsl.errors import ConfigError
 from fungizsl.models import convnet, resnet, two_towers
 from fungizsl.train import checkpoint
 from fungizsl.weights.convert import stack_layers
@@ -57,9 +62,25 @@ def _run_dir(path) -> epath.Path:
     return found
 
 
+INIT_KINDS = ("scratch, a Hugging Face CLIP folder (config.json), an open_clip folder (open_clip_config.json) "
+              "or a fungizsl run (a workdir with tokenizer/, or one of its checkpoint step folders)")
+
+
+def check_init(init: str) -> None:
+    """Before any work: a :class:`ConfigError` naming ``config.model.init`` unless it is
+    ``"scratch"`` or a folder of a kind :func:`build_model` starts from."""
+    if init == "scratch":
+        return
+    if not epath.Path(init).is_dir():
+        raise ConfigError(f"config.model.init={init}: no such folder; init= is {INIT_KINDS}")
+    if not (is_hf_init(init) or is_open_clip_init(init) or folder_with_tokenizer(workdir_lib.as_path(init))):
+        raise ConfigError(f"config.model.init={init} is not a model folder; init= is {INIT_KINDS}")
+
+
 def make_tokenizer(config, corpus, workdir: epath.Path):
-    """(tokenizer, folder it lives in). From scratch, process 0 trains the BPE on the training
-    captions and writes it into the workdir; the others wait and read that same file."""
+    """(tokenizer, folder it lives in). From scratch, process 0 trains the BPE on ``corpus()`` (the
+    training captions; called only then) and writes it into the workdir; the others wait and read
+    that same file. An init folder or run brings its tokenizer, and ``corpus`` is never called."""
     init, m = config.model.init, config.model
     if is_hf_init(init):
         return tokenizers.load_tokenizer(init), epath.Path(init)
@@ -75,7 +96,7 @@ def make_tokenizer(config, corpus, workdir: epath.Path):
             raise FileNotFoundError(f"{folder} is missing: config.model.init={init!r} is not a fungizsl run")
         if workdir_lib.is_main():
             with tempfile.TemporaryDirectory() as local:
-                tokenizers.train_bpe_tokenizer(corpus, m.vocab_size, local, context_length=m.text_context)
+                tokenizers.train_bpe_tokenizer(corpus(), m.vocab_size, local, context_length=m.text_context)
                 workdir_lib.upload_dir(local, folder)
         workdir_lib.barrier("tokenizer_written")
     local = workdir_lib.local_dir(folder)
@@ -126,7 +147,7 @@ def build_model(config, tokenizer):
         return weights.open_clip.load_open_clip(init, dtype=m.dtype, scan=m.scan, remat=m.remat,
                                                 frozen_batch_norm=m.get("freeze_bn_stats", False))
     model = clip_model(config, tokenizer, dtype=m.dtype, scan=m.scan, remat=m.remat)
-    variables = None if init == "scratch" else checkpoint.load_variables(init)
+    variables = None if init == "scratch" else checkpoint.load_variables(runs.selected_step_folder(init))
     if variables is not None and m.scan and "layers" not in variables["params"]["vision_model"]["encoder"]:
         variables["params"] = stack_layers(variables["params"])
     return model, variables

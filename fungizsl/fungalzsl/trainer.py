@@ -29,7 +29,7 @@ from fungizsl import workdir as workdir_lib
 from fungizsl.data import robustness
 from fungizsl.evaluate.registry import run_evaluators
 from fungizsl.fungalzsl import inputs
-from fungizsl.fungalzsl.model import build_model, make_tokenizer
+from fungizsl.fungalzsl.model import build_model, check_init, make_tokenizer
 from fungizsl.models import two_towers
 from fungizsl.train import core
 
@@ -215,7 +215,7 @@ def describe(results: dict, robust: dict[str, str] | None = None) -> str:
 def make_task(config, workdir: epath.Path, mesh) -> core.Task:
     data = inputs.FungalZSLData(config)
     robust = robustness_entries(config)
-    tokenizer, tokenizer_dir = make_tokenizer(config, data.tokenizer_corpus(), workdir)
+    tokenizer, tokenizer_dir = make_tokenizer(config, data.tokenizer_corpus, workdir)
     model, variables = build_model(config, tokenizer)
 
     def export(variables, out_dir):
@@ -244,7 +244,16 @@ def make_task(config, workdir: epath.Path, mesh) -> core.Task:
         describe=lambda results: describe(results, robust))
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """What ``fungizsl.main`` checks before anything is rendered, trained or written: the
+    ``config.model.init`` folder and the evaluators' splits (one-line
+    :class:`~fungizsl.errors.ConfigError` otherwise), before the workdir is created."""
+    check_init(config.model.init)
+    core.check_evals(config)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+    core.check_evals(config)  # before the tokenizer is trained or a split rendered
     workdir = workdir_lib.as_path(workdir)
     mesh = core.make_mesh(config)
     return core.run(config, workdir, make_task(config, workdir, mesh), mesh)

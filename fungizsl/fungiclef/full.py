@@ -103,6 +103,9 @@ def ensure_features(config, workdir, show_progress: bool = True):
 
 
 def train_and_evaluate(config, workdir) -> dict:
+    for stage in ("stage1", "stage2"):  # evaluators and selection, before features are extracted
+        if config[stage].total_steps > 0:
+            core.check_evals(_stage_config(config, stage))
     workdir = workdir_lib.as_path(workdir)
     show = workdir_lib.is_main()
     timings = {}

@@ -181,6 +181,7 @@ def refit_on_all(config, workdir, mesh, train_table, eval_table, selected: dict)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+    core.check_evals(config)  # before the tables are read
     workdir = workdir_lib.as_path(workdir)
     mesh = core.make_mesh(config)
     train_table = tables.table_from_csv(config.data.train_csv)

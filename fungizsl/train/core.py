@@ -14,7 +14,8 @@ Contract
   and its output created directly in its shardings. Collections besides ``params`` (e.g.
   BatchNorm ``batch_stats``) are carried in the state as ``extra`` and never see the optimizer.
 * ``load_variables() -> same tree of host arrays`` (optional): weights to start from instead of
-  the random init (a Hugging Face folder, an earlier run). Its tree must equal the init's.
+  the random init (a Hugging Face folder, an earlier run). Its tree must equal the init's. Every
+  process returns the whole tree; each places only its own shards (``placement.from_host``).
 * ``loss_fn(params, extra, batch, rng) -> (loss, (metrics, new_extra))`` on the *global* batch
   (jax arrays split over the mesh's batch axes). ``rng`` is ``fold_in(key(config.seed), step)``,
   for dropout and the like. ``metrics`` are scalars, logged under ``train/``.
@@ -34,9 +35,10 @@ Contract
 
 Config fields read here: ``seed``, ``batch_size`` (global), ``total_steps``, ``log_every``,
 ``checkpoint_every``, ``keep_checkpoints``, ``mesh.{data,fsdp}`` (``fsdp=-1``: all devices),
-``sharding_rules``, ``evals.<name>.{type, split, every}``, ``best_metric`` (``"<eval name>/<metric>"``
-of an evaluator that does *not* run on the final split), ``best_mode`` (max|min),
-``final_eval_split`` (default "test"), ``final_eval_checkpoint`` ("best" | "last"), ``export``.
+``sharding_rules``, ``sharding_min_size`` (default 2**18 elements), ``evals.<name>.{type, split,
+every}``, ``best_metric`` (``"<eval name>/<metric>"`` of an evaluator that does *not* run on the
+final split or a variant of it), ``best_mode`` (max|min), ``final_eval_split`` (default "test"),
+``final_eval_checkpoint`` ("best" | "last"), ``export``, ``tensorboard_upload_secs`` (default 60).
 
 Evaluation schedule: an entry of ``config.evals`` runs during training on its ``split`` every
 ``every`` steps and at the last step (``every=0``: not during training). Every entry runs once more
@@ -44,7 +46,8 @@ at the end on ``final_eval_split`` with the checkpoint ``final_eval_checkpoint``
 the kept step with the best ``best_metric`` (a validation number; choosing by the final split is
 refused), "last" the final step. An entry with ``every=0`` whose ``split`` is a variant of the
 final split (``<final split>_<name>``, e.g. ``test_paper``: a shifted test set) runs in that final
-pass on its own split instead. ``summary.json`` records the split, step and checkpoint the
+pass on its own split instead. An entry on the final split or a variant of it with ``every>0``
+(the final split seen during training) is refused with a ConfigError before anything starts. ``summary.json`` records the split, step and checkpoint the
 numbers come from, and the selection metric with its value.
 
 Safety: the step keeps the previous state when the loss or the gradient norm is not finite and
@@ -76,7 +79,7 @@ from jax.experimental import multihost_utils
 
 from fungizsl import metrics_io, placement, runs
 from fungizsl import workdir as workdir_lib
-from fungizsl.errors import NonFiniteLossError
+from fungizsl.errors import ConfigError, NonFiniteLossError
 from fungizsl.train import checkpoint, optim, timing
 
 VAL_HISTORY_FILE = "val_history.json"
@@ -129,7 +132,7 @@ class Trainable:
     abstract_state: Any
     state_sharding: Any
     init_state: Callable  # rng -> state (jitted, sharded output)
-    place_variables: Callable  # host variables -> state (jitted)
+    place_variables: Callable  # host variables (full copy on every process) -> state (sharded)
     train_step: Callable  # (state, batch) -> (state, metrics) (jitted, state donated)
     schedule: Callable
 
@@ -154,10 +157,15 @@ def build(config, task: Task, mesh) -> Trainable:
 
     abstract_state = jax.eval_shape(state_from, abstract_vars)
     rules = tuple(tuple(r) for r in config.get("sharding_rules", ()))
-    state_sharding = (placement.fsdp_sharding(abstract_state, mesh, rules) if rules
+    min_size = config.get("sharding_min_size", 2 ** 18)  # smaller leaves stay replicated
+    state_sharding = (placement.fsdp_sharding(abstract_state, mesh, rules, min_size=min_size) if rules
                       else jax.tree.map(lambda _: placement.replicated(mesh), abstract_state))
     var_sharding = {"params": state_sharding["params"], **state_sharding["extra"]}
     base_rng = jax.random.key(config.seed)
+    if rules and workdir_lib.is_main():
+        split = [s for s in jax.tree.leaves(state_sharding["params"]) if any(a is not None for a in s.spec)]
+        print(f"fsdp: {len(split)} of {len(jax.tree.leaves(state_sharding['params']))} parameter arrays split "
+              f"over the {mesh.shape['fsdp']} devices of the fsdp axis", flush=True)
 
     def init_state(rng):
         return state_from(task.init_variables(rng))
@@ -187,10 +195,15 @@ def build(config, task: Task, mesh) -> Trainable:
         metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]))
         return new_state, metrics
 
+    place = jax.jit(state_from, in_shardings=(var_sharding,), out_shardings=state_sharding)
+
+    def place_variables(variables):  # host arrays (the full tree on every process) -> state
+        return place(placement.from_host(variables, var_sharding))
+
     return Trainable(
         abstract_state=abstract_state, state_sharding=state_sharding,
         init_state=jax.jit(init_state, out_shardings=state_sharding),
-        place_variables=jax.jit(state_from, in_shardings=(var_sharding,), out_shardings=state_sharding),
+        place_variables=place_variables,
         train_step=jax.jit(train_step, in_shardings=(state_sharding, placement.batch_sharding(mesh)),
                            out_shardings=(state_sharding, placement.replicated(mesh)), donate_argnums=0),
         schedule=schedule)
@@ -209,13 +222,25 @@ def variables_of(state) -> dict:
 # Evaluation schedule and selection
 # ---------------------------------------------------------------------------------------------
 
+def is_final_split(split: str, final_split: str) -> bool:
+    """``split`` is the final split or a variant of it (``<final split>_<name>``, e.g. ``test_gray``)."""
+    return split == final_split or split.startswith(f"{final_split}_")
+
+
 def eval_entries(config) -> dict[str, dict]:
+    """name -> evaluator config with its ``every``; an entry on the final split (or a variant of
+    it) that would run during training is refused."""
+    final_split = config.get("final_eval_split", "test")
     entries = {}
     for name, cfg in config.get("evals", {}).items():
         cfg = dict(cfg)
         if "split" not in cfg:
             raise ValueError(f"config.evals.{name} needs a 'split' (e.g. 'val')")
         cfg.setdefault("every", config.get("eval_every", 0))
+        if int(cfg["every"] or 0) > 0 and is_final_split(cfg["split"], final_split):
+            raise ConfigError(f"config.evals.{name}.split={cfg['split']!r} is the final split {final_split!r} "
+                              f"(or a variant of it) and config.evals.{name}.every={cfg['every']} would run it "
+                              f"during training: set config.evals.{name}.every=0 or split='val'")
         entries[name] = cfg
     return entries
 
@@ -252,15 +277,22 @@ def check_selection(config, entries) -> tuple[str | None, str]:
         if name not in entries:
             raise ValueError(f"config.best_metric={best_metric!r} names no entry of config.evals "
                              f"({sorted(entries)})")
-        if entries[name]["split"] == final_split:
-            raise ValueError(f"config.best_metric={best_metric!r} is measured on config.evals.{name}.split="
-                             f"{final_split!r}, the final split: select on 'val' instead")
+        if is_final_split(entries[name]["split"], final_split):
+            raise ConfigError(f"config.best_metric={best_metric!r} is measured on config.evals.{name}.split="
+                              f"{entries[name]['split']!r}, the final split {final_split!r} or a variant of "
+                              f"it: select on 'val' instead")
         if not entries[name]["every"]:
             raise ValueError(f"config.best_metric={best_metric!r}: config.evals.{name}.every is 0, so it "
                              f"never runs during training")
     elif which == "best":
         raise ValueError("config.final_eval_checkpoint='best' needs config.best_metric")
     return best_metric, final_split
+
+
+def check_evals(config) -> None:
+    """The checks :func:`run` makes on ``config.evals`` and the selection, for a trainer to call
+    before it prepares data or trains a tokenizer."""
+    check_selection(config, eval_entries(config))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,7 +347,8 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
     if first_step and is_main:
         print(f"resumed from step {first_step} of {config.total_steps} in {ckpt.directory}", flush=True)
 
-    writer = metrics_io.TensorBoard(workdir / "tb") if is_main else None
+    writer = (metrics_io.TensorBoard(workdir / "tb", upload_every=config.get("tensorboard_upload_secs", 60))
+              if is_main else None)
     history_path = workdir / VAL_HISTORY_FILE
     history = metrics_io.read_json(history_path) if history_path.exists() else []
     history = [h for h in history if h["step"] <= first_step]

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fungizsl.errors import ConfigError
+
 # Leaves that get weight decay: matrices and token-embedding tables. Norm scales, biases,
 # LayerScale, class/register tokens and the logit scale do not, and neither does any position
 # table, whatever layer holds it (CLIP vision keeps its table in an nn.Embed, CLIP text as a bare
@@ -37,11 +39,32 @@ def weight_decay_mask(params):
     return jax.tree.map(decayed, param_paths(params))
 
 
-def lr_schedule(base_lr: float, total_steps: int, warmup_steps: int, end_factor: float = 0.0):
+def check_steps(total_steps: int, warmup_steps: int, where: str = "config") -> None:
+    """The schedule's step counts: ``total_steps`` positive, ``0 <= warmup_steps < total_steps``
+    (a :class:`ConfigError` naming the fields of ``where`` otherwise)."""
     if total_steps <= 0:
-        raise ValueError(f"config.total_steps must be positive, got {total_steps}")
+        raise ConfigError(f"{where}.total_steps={total_steps} must be positive; set --{where}.total_steps")
     if not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"config.warmup_steps={warmup_steps} must be in [0, total_steps={total_steps})")
+        raise ConfigError(f"{where}.warmup_steps={warmup_steps} must be at least 0 and below {where}.total_steps="
+                          f"{total_steps}; lower --{where}.warmup_steps or raise --{where}.total_steps")
+
+
+def check_schedules(config, where: str = "config") -> None:
+    """:func:`check_steps` on ``config`` and on every block inside it that has both
+    ``total_steps`` and ``warmup_steps`` (FungiCLEF's ``stage1``/``stage2``; one with
+    ``total_steps=0`` is a stage switched off), before a run does any work: ``fungizsl.main``
+    calls it before the trainer starts."""
+    if not hasattr(config, "items"):
+        return
+    if "total_steps" in config and "warmup_steps" in config and (where == "config" or config["total_steps"] > 0):
+        check_steps(config["total_steps"], config["warmup_steps"], where)
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            check_schedules(value, f"{where}.{key}")
+
+
+def lr_schedule(base_lr: float, total_steps: int, warmup_steps: int, end_factor: float = 0.0):
+    check_steps(total_steps, warmup_steps)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps, decay_steps=total_steps,
         end_value=base_lr * end_factor)

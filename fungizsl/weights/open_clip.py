@@ -47,7 +47,7 @@ from etils import epath
 from flax import traverse_util
 from safetensors.numpy import save as save_safetensors
 
-from fungizsl import tokenizers
+from fungizsl import tokenizers, workdir
 from fungizsl.models import clip_text, resnet, two_towers, vit
 from fungizsl.weights.convert import (raise_if_mismatched, read_safetensors,
                                       stack_layers, unstack_layers)
@@ -450,20 +450,21 @@ def state_dict_from_variables(variables: dict) -> dict[str, np.ndarray]:
 def export_open_clip(model, variables: dict, out_dir, tokenizer_from=None) -> str:
     """Writes `open_clip_config.json` + `open_clip_model.safetensors` (fp32); copies the tokenizer
     files of `tokenizer_from` if given. Both may be local folders or URIs (`gs://...`).
-    `open_clip.create_model("local-dir:" + out_dir)` rebuilds it in PyTorch. Returns out_dir."""
+    `open_clip.create_model("local-dir:" + out_dir)` rebuilds it in PyTorch. Returns out_dir.
+    Writes go through :mod:`fungizsl.workdir` (its write audit records them); the trainer core
+    calls this on process 0 only."""
     out = epath.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / EXPORT_WEIGHTS).write_bytes(save_safetensors(state_dict_from_variables(variables),
-                                                        metadata={"format": "pt"}))
+    workdir.write_bytes(out / EXPORT_WEIGHTS, save_safetensors(state_dict_from_variables(variables),
+                                                               metadata={"format": "pt"}))
     config = {"model_cfg": config_to_open_clip(model.config),
               "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)}}
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    workdir.write_text(out / CONFIG_FILE, json.dumps(config, indent=2))
     if tokenizer_from:
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                      "special_tokens_map.json", tokenizers.BPE_METADATA_FILE):
             src = epath.Path(tokenizer_from) / name
             if src.is_file() and str(src) != str(out / name):
-                (out / name).write_bytes(src.read_bytes())
+                workdir.write_bytes(out / name, src.read_bytes())
     return str(out_dir)
 
 
