@@ -11,7 +11,7 @@ a baseline). It stays as a contrast only: this cruder, far less confident classi
 whose probabilities let the expected-cost rule (`fungizsl.evaluate.decisions`) flag the Val-dev
 poisonous observations (docs/evaluation.md).
 
-    python benchmarks/fungiclef_metadata_eval.py --data ../shared/data/fungiclef2025 --out nb.json
+    python benchmarks/fungiclef_metadata_eval.py --data /data/fungiclef2025 --out nb.json
 """
 
 import argparse
@@ -87,8 +87,8 @@ class NaiveBayes:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                                                       "fungiclef2025"))
+    parser.add_argument("--data", required=True,
+                        help="folder with FungiTastic-FewShot-Train.csv and FungiTastic-FewShot-Val-dev.csv")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     train_rows, train_obs = read_observations(os.path.join(args.data, "FungiTastic-FewShot-Train.csv"))

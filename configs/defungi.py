@@ -3,7 +3,7 @@
 The images are prepared once as TFDS shards split by source slide (patches of one slide share a
 name stem and never straddle splits, unlike the published 5-fold cross-validation):
 
-    fungizsl build image_folder --config defungi --manual-dir ../shared/data/defungi --data-dir workdir/tfds
+    fungizsl build image_folder --config defungi --manual-dir /data/defungi --data-dir workdir/tfds
     python -m fungizsl.main --config=configs/defungi.py:runlocal --workdir=workdir/defungi
 
 The text side is a handful of short descriptions per class. The dataset gives only class codes;

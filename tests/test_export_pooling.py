@@ -6,12 +6,12 @@ at ``argmax(input_ids)``; our from-scratch BPE therefore must not put end-of-tex
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 
 from fungizsl import tokenizers, weights
 from fungizsl.models import two_towers
+from tiny_clip import random_tiny_clip
 
 TEXTS = ["round spores with a thin wall", "dense mycelium of branching hyphae", "germ tubes from two spores",
          "a bright-field view of septate hyphae", "spores", "mycelium covering the field"] * 3
@@ -25,13 +25,7 @@ def test_from_scratch_tokenizer_does_not_use_the_legacy_eos_id(tmp_path):
 def test_exported_from_scratch_text_tower_matches_pytorch(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    tokenizer = tokenizers.train_bpe_tokenizer(TEXTS, 300, tmp_path / "tok", context_length=16)
-    cfg = two_towers.clip_config("tiny")
-    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, image_size=32),
-                              text=dataclasses.replace(cfg.text, vocab_size=tokenizer.vocab_size,
-                                                       eot_token_id=tokenizer.eot_id, context_length=16))
-    model = two_towers.ClipModel(cfg)
-    params = model.init(jax.random.key(0), *weights.clip.dummy_inputs(cfg))["params"]
+    model, params, tokenizer = random_tiny_clip(TEXTS, tmp_path / "tok")
     weights.export_pretrained(model, params, str(tmp_path / "export"))
 
     ids = tokenizer(TEXTS[:3])["input_ids"]

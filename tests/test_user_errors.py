@@ -7,30 +7,28 @@ is the one case that does not stop: it is skipped and counted (docs/evaluation.m
 line is a warning beside tqdm's progress output.
 """
 
-import dataclasses
 import json
 import os
 import subprocess
 import sys
 
-import jax
 import pytest
 from PIL import Image
 
 import trainer_runs
-from fungizsl import tokenizers, weights
+from tiny_clip import random_tiny_clip
+from fungizsl import weights
 from fungizsl.data import synthetic
 from fungizsl.fungalzsl import load, model as model_lib
-from fungizsl.models import two_towers
 
 ARCHS = ("tiny", "b32", "b16", "l14", "l14_336", "cnn_tiny", "rn_tiny", "rn50", "rn101", "rn50x4", "rn50x16",
          "rn50x64")
 
 
-def run_main(*flags, workdir, timeout=120):
+def run_main(*flags, workdir, timeout=120, prefix=()):
     env = dict(os.environ, PYTHONPATH=trainer_runs.ROOT, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    return subprocess.run([sys.executable, "-m", "fungizsl.main", *flags, f"--workdir={workdir}"],
+    return subprocess.run([*prefix, sys.executable, "-m", "fungizsl.main", *flags, f"--workdir={workdir}"],
                           cwd=trainer_runs.ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -103,13 +101,15 @@ def test_workdir_that_cannot_be_created(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["afile"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
 def test_read_only_workdir(tmp_path):
+    # Root ignores permission bits through CAP_DAC_OVERRIDE (and CAP_DAC_READ_SEARCH); without them
+    # in its bounding set, a root process (CI runs as root) meets the read-only folder as a user does.
+    prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search") if os.geteuid() == 0 else ()
     parent = tmp_path / "readonly"
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        out = run_main(*trainer_runs.TINY_FLAGS, workdir=parent / "run")
+        out = run_main(*trainer_runs.TINY_FLAGS, workdir=parent / "run", prefix=prefix)
     finally:
         parent.chmod(0o755)
     assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr[-3000:]
@@ -133,13 +133,7 @@ def test_warmup_not_below_total_steps(tmp_path):
 def tiny_hf_folder(tmp_path):
     """A random tiny CLIP exported as a Hugging Face folder with a small trained BPE tokenizer."""
     texts = [f"a microscopy image of {s} number {i}" for s in ("spore", "hyphae", "mycelium") for i in range(20)]
-    tokenizer = tokenizers.train_bpe_tokenizer(texts, 300, tmp_path / "tok", context_length=16)
-    cfg = two_towers.clip_config("tiny")
-    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, image_size=32),
-                              text=dataclasses.replace(cfg.text, vocab_size=tokenizer.vocab_size,
-                                                       eot_token_id=tokenizer.eot_id, context_length=16))
-    module = two_towers.ClipModel(cfg)
-    params = module.init(jax.random.key(0), *weights.clip.dummy_inputs(cfg))["params"]
+    module, params, _ = random_tiny_clip(texts, tmp_path / "tok")
     return weights.export_pretrained(module, params, str(tmp_path / "hf"), tokenizer_from=str(tmp_path / "tok"))
 
 

@@ -7,7 +7,7 @@ hand-written templates, user JSONL files and captions written from each rendered
 texts), so experiments can swap the text side of zero-shot classification the way the paper
 compared caption sources::
 
-    src = get_caption_source("fungalzsl_split", root="../shared/data/fungalzsl", split="train")
+    src = get_caption_source("fungalzsl_split", root="/data/fungalzsl", split="train")
     texts = src.by_class()                      # {"spore": [...], "hyphae": [...], ...}
 
 The FungalZSL sources strip each class's prompt prefix by default (``strip_prompt=True``; see

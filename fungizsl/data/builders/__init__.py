@@ -13,7 +13,7 @@ From Python::
 
     from fungizsl.data import builders
     b = builders.build("fungiclef2025", "metadata_only", data_dir="~/tfds",
-                       manual_dir="../shared/data/fungiclef2025")
+                       manual_dir="/data/fungiclef2025")
     train = b.as_data_source("train")          # random access, no TensorFlow needed
     record = train[0]                          # dict of numpy values; text fields are bytes
 
@@ -172,7 +172,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     gs.add_argument("--caption-source", help="store one caption per image from this caption source "
                                              "(fungalzsl_split, fungalzsl_generated, templates, jsonl)")
     gs.add_argument("--caption-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                    help="argument of the caption source, e.g. root=../shared/data/fungalzsl (repeatable)")
+                    help="argument of the caption source, e.g. root=/data/fungalzsl (repeatable)")
     gs.add_argument("--workers", type=int, default=0, help="render in this many processes (0: in this one)")
     gs.set_defaults(func=run_build_cli, overrides=("image_size", "preset", "hyphae_mycelium_overlap", "stages",
                                                    "train_per_class", "val_per_class", "test_per_class", "seed",
