@@ -234,14 +234,15 @@ class TensorBoard:
             workdir.WRITES.append(str(self.logdir))
 
     def scalars(self, values: dict[str, float], step: int, prefix: str) -> None:
-        write_scalars(self.writer, values, step, prefix=prefix)
+        write_scalars(self.writer, values, step, prefix=prefix)  # flushes the local events file
         if self.last_upload is None or self.clock() - self.last_upload >= self.upload_every:
-            self.flush()
-        else:
-            self.writer.flush()  # local file up to date; the copy waits
+            self._upload()
 
     def flush(self) -> None:
         self.writer.flush()
+        self._upload()
+
+    def _upload(self) -> None:
         if not workdir.is_local(self.logdir):
             workdir.upload_dir(self.local, self.logdir)
             self.last_upload = self.clock()

@@ -47,8 +47,9 @@ the kept step with the best ``best_metric`` (a validation number; choosing by th
 refused), "last" the final step. An entry with ``every=0`` whose ``split`` is a variant of the
 final split (``<final split>_<name>``, e.g. ``test_paper``: a shifted test set) runs in that final
 pass on its own split instead. An entry on the final split or a variant of it with ``every>0``
-(the final split seen during training) is refused with a ConfigError before anything starts. ``summary.json`` records the split, step and checkpoint the
-numbers come from, and the selection metric with its value.
+(the final split seen during training) is refused with a ConfigError before anything starts.
+``summary.json`` records the split, step and checkpoint the numbers come from, and the selection
+metric with its value.
 
 Safety: the step keeps the previous state when the loss or the gradient norm is not finite and
 records the step; the loop checks at every log, eval and checkpoint step, never saves a bad state,
