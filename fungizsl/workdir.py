@@ -22,8 +22,10 @@ resume); a folder that cannot be created or written stops the run with a one-lin
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 
 import jax
@@ -100,19 +102,22 @@ def upload_dir(local: str | os.PathLike, dest: str | os.PathLike) -> epath.Path:
     return dest
 
 
-def local_dir(path: str | os.PathLike) -> str:
+def local_dir(path: str | os.PathLike, exclude: tuple[str, ...] = ()) -> str:
     """A local folder holding the files of ``path``: the folder itself when it is local, else a
-    fresh temporary copy (its top-level files; enough for tokenizers and exported weights)."""
+    fresh temporary copy (its top-level files, less those whose names end with one of
+    ``exclude``; enough for tokenizers and exported weights). Files are streamed, not read whole,
+    and the copy is removed when the process exits."""
     path = epath.Path(path)
     if is_local(path):
         return os.fspath(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a folder")
     local = tempfile.mkdtemp(prefix="fungizsl_")
+    atexit.register(shutil.rmtree, local, ignore_errors=True)
     for item in path.iterdir():
-        if item.is_file():
-            with open(os.path.join(local, item.name), "wb") as f:
-                f.write(item.read_bytes())
+        if item.is_file() and not item.name.endswith(exclude):
+            with item.open("rb") as src, open(os.path.join(local, item.name), "wb") as dst:
+                shutil.copyfileobj(src, dst, length=16 << 20)
     return local
 
 

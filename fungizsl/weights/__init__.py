@@ -80,9 +80,10 @@ def load_pretrained(folder: str, dtype: str = "float32", scan: bool = False, rem
     """Builds our module from `folder/config.json` and loads its weights strictly.
 
     Returns (module, params); params are float32 numpy arrays in the module's layout (stacked
-    along a leading axis when scan=True). `dtype` sets the matmul dtype only.
+    along a leading axis when scan=True). `dtype` sets the matmul dtype only. A remote `folder`
+    (`gs://...`) is read from a local copy.
     """
-    hf_config, tensors = read_hf_folder(folder)
+    hf_config, tensors = read_hf_folder(workdir.local_dir(folder))
     spec = spec_for_model_type(hf_config.get("model_type", ""))
     tensors, heads = normalise_checkpoint_keys(tensors, spec)
     if heads:

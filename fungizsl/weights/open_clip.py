@@ -299,7 +299,7 @@ def _torch_shape(entries) -> tuple[int, ...]:
 # ---------------------------------------------------------------------------------------------
 
 def is_open_clip_checkpoint(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, CONFIG_FILE))
+    return (epath.Path(path) / CONFIG_FILE).is_file()
 
 
 def find_weights(folder: str) -> str:
@@ -369,8 +369,11 @@ def load_open_clip(path: str, model_name: str | None = None, dtype: str = "float
     """Builds our ClipModel for an open_clip folder or state-dict file and loads it strictly.
 
     Returns (module, variables) with variables = {"params": ...} plus "batch_stats" for a ResNet
-    tower; float32 numpy arrays (params stacked per layer when scan=True).
+    tower; float32 numpy arrays (params stacked per layer when scan=True). A remote folder
+    (`gs://...`) is read from a local copy.
     """
+    if not workdir.is_local(path):
+        path = workdir.local_dir(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"open_clip checkpoint {path!r} does not exist")
     if os.path.isdir(path):
@@ -472,16 +475,17 @@ def load_open_clip_tokenizer(path: str, out_dir: str | None = None, context_leng
     """(tokenizer, folder it lives in) for an open_clip checkpoint: the folder's own tokenizer
     files if any (BioCLIP's Hub folders carry them), else CLIP's BPE from the open_clip package,
     written to `out_dir` (so that a training run keeps its tokenizer beside its checkpoints).
-    open_clip pads with 0."""
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    open_clip pads with 0. A remote folder (`gs://...`) is read from a local copy (weights left out)."""
+    folder = path if epath.Path(path).is_dir() else os.path.dirname(path)
+    local = workdir.local_dir(folder, exclude=tokenizers.WEIGHT_SUFFIXES)
     if context_length is None:
-        context_length = read_model_config(folder)["text_cfg"].get("context_length", 77) \
-            if os.path.isfile(os.path.join(folder, CONFIG_FILE)) else 77
-    has_files = any(os.path.isfile(os.path.join(folder, n)) for n in ("tokenizer.json", "vocab.json"))
+        context_length = read_model_config(local)["text_cfg"].get("context_length", 77) \
+            if os.path.isfile(os.path.join(local, CONFIG_FILE)) else 77
+    has_files = any(os.path.isfile(os.path.join(local, n)) for n in ("tokenizer.json", "vocab.json"))
     if has_files:  # CLIP's BPE padded with 0 as open_clip does, or our own BPE of a fungizsl export
-        kind = tokenizers.detect_tokenizer_kind(folder)
+        kind = tokenizers.detect_tokenizer_kind(local)
         pad = 0 if kind == tokenizers.CLIP else None
-        return tokenizers.load_tokenizer(folder, context_length, pad_id=pad), folder
+        return tokenizers.load_tokenizer(local, context_length, pad_id=pad), folder
     tokenizer = tokenizers.open_clip_bpe_tokenizer(out_dir, context_length=context_length)
     logging.info("%s has no tokenizer files: using the CLIP BPE vocabulary of the open_clip package", folder)
     return tokenizer, out_dir
