@@ -28,8 +28,8 @@ from ml_collections import config_flags
 
 from fungizsl import devices, metrics_io, runs
 from fungizsl import workdir as workdir_lib
-from fungizsl.errors import ConfigError, NonFiniteLossError
-from fungizsl.train import optim
+from fungizsl.errors import ConfigError, NonFiniteLossError, Preempted
+from fungizsl.train import optim, preemption
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, with :args", lock_config=True)
 flags.DEFINE_string("workdir", None, "where checkpoints, metrics and plots go; an existing run resumes")
@@ -156,6 +156,9 @@ def main(argv) -> None:
     except (ConfigError, NonFiniteLossError) as error:  # the message says what to do: no traceback
         print(f"fungizsl: {error}", file=sys.stderr, flush=True)
         sys.exit(2 if isinstance(error, ConfigError) else 3)
+    except Preempted as error:  # SIGTERM: the step reached is saved; the same command resumes
+        print(f"fungizsl: {error}", file=sys.stderr, flush=True)
+        sys.exit(preemption.EXIT_CODE)
     if jax.process_index() == 0:
         metrics_io.print_table({k: v for k, v in summary.items() if k not in ("confusion_matrix", "selection")},
                                title=f"{trainer_name.removeprefix('fungizsl.')} summary ({FLAGS.workdir})")

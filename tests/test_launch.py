@@ -1,10 +1,11 @@
 """The launchers and installs without a cluster, and SLURM layouts mapped to JAX's start-up arguments.
 
 The launch scripts run for real against stand-ins on PATH: `gcloud` (scp copies, ssh runs the
-remote command in a home of its own, as a one-worker slice), `sbatch` / `srun` / `scontrol`, and a
+remote command in a home of its own, as a one-worker slice), `sbatch` / `srun`, and a
 Python that records its calls instead of creating real environments or installing anything.
 The SLURM environments of 1 and 2 nodes x 8 GPUs go through JAX's own cluster detection
 (`jax._src.clusters`, what `jax.distributed.initialize()` calls when arguments are left out).
+The real engines are in test_slurm.py (a SLURM cluster on localhost) and test_tpu_rehearsal.py.
 """
 
 import json
@@ -96,14 +97,9 @@ exec bash "$script" "$@"
 
 SRUN = """#!/bin/bash
 "$FAKE_RECORD" srun "$@"
-echo $$ > "$FAKE_STATE/srun.pid"
-exec sleep "${FAKE_STEP_SECONDS:-0}"
+exit 0
 """
 
-SCONTROL = """#!/bin/bash
-"$FAKE_RECORD" scontrol "$@"
-if [ "$1" = requeue ]; then kill "$(cat "$FAKE_STATE/srun.pid")"; fi  # SLURM ends the job's steps
-"""
 
 
 class Sandbox:
@@ -120,7 +116,7 @@ class Sandbox:
                                    (library, "uv", UV), (self.fakes, "python3.11", BASE_PYTHON),
                                    (self.fakes, "python3", BASE_PYTHON), (self.fakes, "uv", UV),
                                    (self.fakes, "gcloud", GCLOUD), (self.fakes, "sbatch", SBATCH),
-                                   (self.fakes, "srun", SRUN), (self.fakes, "scontrol", SCONTROL)):
+                                   (self.fakes, "srun", SRUN)):
             (folder / name).write_text(text)
             (folder / name).chmod(0o755)
         self.calls_file = tmp_path / "calls.jsonl"
@@ -358,23 +354,6 @@ def test_sbatch_dry_run_prints_the_step(sandbox, checkout):
     assert "-m pip install --quiet -e .\\[cuda12\\]" in out
     assert "srun --kill-on-bad-exit=1" in out and "-m fungizsl.main --multihost --workdir=/w" in out
     assert sandbox.calls("srun") == [] and sandbox.calls("python") == []
-
-
-def test_sbatch_requeues_itself_when_the_time_limit_nears(sandbox, checkout):
-    sandbox.run(["bash", "launch/setup_env.sh", "cuda12"], checkout)
-    job = subprocess.Popen(["sbatch", "launch/gpu_slurm.sbatch", "--workdir=/w"], cwd=checkout,
-                           env={**sandbox.env, "FAKE_STEP_SECONDS": "60"}, stdout=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 30
-        while time.time() < deadline and not (sandbox.state / "srun.pid").exists():
-            time.sleep(0.1)
-        assert (sandbox.state / "srun.pid").exists(), "the step never started"
-        job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@300 sends 5 minutes before the limit
-        out, _ = job.communicate(timeout=30)
-    finally:
-        job.kill()
-    assert [c["argv"] for c in sandbox.calls("scontrol")] == [["requeue", "4242"]]
-    assert "requeueing job 4242" in out and job.returncode != 0
 
 
 # --- SLURM layouts through JAX's own cluster detection ------------------------------------------------

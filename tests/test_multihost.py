@@ -3,9 +3,7 @@
 They must read disjoint records whose union, step by step, is what a single process with the
 same number of devices reads, and end with the parameters that single process ends with. Shared
 files are written once, by process 0: one tokenizer (the same on both), the summary, plots, JSON.
-The same holds with FSDP splitting the parameters across the two processes, starting from a
-Hugging Face folder (the project's own export of a tiny run): every process loads the whole
-folder on its host and places only its own shards.
+FSDP across two processes, from a Hugging Face folder, started by SLURM: tests/test_slurm.py.
 """
 
 import json
@@ -67,31 +65,3 @@ def test_two_processes_train_on_disjoint_data_with_identical_parameters(single, 
         assert sorted(np.concatenate([seen[0][step], seen[1][step]])) == sorted(reference[step])
 
     assert_same_params(single, shared, rtol=1e-5, atol=1e-6)
-
-
-# FSDP over the two processes: every parameter array of at least 1024 elements is split in two.
-FSDP = ("--config.mesh.fsdp=2", "--config.sharding_rules=(('.*', 'fsdp'),)", "--config.sharding_min_size=1024")
-FROM_INIT = ("--config.batch_size=8", "--config.total_steps=4", "--config.warmup_steps=1", "--config.log_every=2",
-             "--config.checkpoint_every=4", "--config.audit_writes=True", "--config.data.robustness_per_class=1")
-
-
-def test_fsdp_across_two_processes_from_a_hugging_face_folder_ends_like_one_process(single, tmp_path):
-    """Without host-local placement the two-process run stops at the start ("Passing non-trivial
-    shardings for numpy inputs is not allowed"). Tolerance: rtol 1e-5, atol 1e-6, as above (float32
-    reductions in another order; the key biases stay at noise level, see trainer_runs)."""
-    flags = (*FROM_INIT, *FSDP, f"--config.model.init={single / 'hf_export'}")
-    one, two = tmp_path / "one_process", tmp_path / "two_processes"
-    out_one = finish(start_training(one, *flags, devices=2))
-    outputs = _two_processes(two, *flags)
-
-    split = [re.findall(r"fsdp: (\d+) of (\d+) parameter arrays split over the 2 devices", out)
-             for out in (out_one, outputs[0])]
-    assert split[0] == split[1] and len(split[0]) == 1, split
-    assert 0 < int(split[0][0][0]) < int(split[0][0][1]), split  # some split, the small ones replicated
-    # The Hugging Face folder brings the tokenizer: none trained, none written, on either process.
-    assert not (one / "tokenizer").exists() and not (two / "tokenizer").exists()
-    writes = [json.loads((two / "audit" / f"writes_process_{i}.json").read_text()) for i in range(2)]
-    assert sum(w.endswith("hf_export/model.safetensors") for w in writes[0]) == 1, writes[0]
-    assert writes[1] == [], writes[1]
-    assert json.loads((two / "summary.json").read_text())["step"] == 4
-    assert_same_params(one, two, rtol=1e-5, atol=1e-6)

@@ -55,6 +55,9 @@ Safety: the step keeps the previous state when the loss or the gradient norm is 
 records the step; the loop checks at every log, eval and checkpoint step, never saves a bad state,
 and stops with :class:`NonFiniteLossError` naming the step and the last good checkpoint.
 
+Preemption: SIGTERM while training saves a checkpoint of the step reached (on every process at
+the same step) and raises :class:`~fungizsl.errors.Preempted` (:mod:`fungizsl.train.preemption`).
+
 Logging: on a terminal, a tqdm bar; otherwise (CI, SLURM, nohup) one line per ``log_every`` steps.
 ``img/sec/core`` counts training-step time only (evaluation and checkpoint time excluded).
 
@@ -80,8 +83,8 @@ from jax.experimental import multihost_utils
 
 from fungizsl import metrics_io, placement, runs
 from fungizsl import workdir as workdir_lib
-from fungizsl.errors import ConfigError, NonFiniteLossError
-from fungizsl.train import checkpoint, optim, timing
+from fungizsl.errors import ConfigError, NonFiniteLossError, Preempted
+from fungizsl.train import checkpoint, optim, preemption, timing
 
 VAL_HISTORY_FILE = "val_history.json"
 
@@ -312,6 +315,16 @@ def _check_finite(state, step: int, ckpt: checkpoint.RunCheckpoints) -> None:
                                  f"check the data of that step.")
 
 
+def _stop_preempted(step: int, ckpt: checkpoint.RunCheckpoints, progress, writer) -> None:
+    """After the checkpoint of ``step``: wait until every process has written it, then stop."""
+    progress.close()
+    ckpt.close()
+    if writer:
+        writer.close()
+    workdir_lib.barrier("fungizsl_preempted")  # no process leaves while another still writes
+    raise Preempted(step, ckpt.directory)
+
+
 def _scalar_metrics(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
@@ -355,62 +368,66 @@ def run(config, workdir, task: Task, mesh=None) -> dict:
     history = [h for h in history if h["step"] <= first_step]
     audit = [] if config.get("data", {}).get("audit_indices", False) else None
 
-    # Loop.
+    # Loop. SIGTERM (preemption, requeue) saves the step reached and stops: see train/preemption.py.
     progress = timing.Progress(config.total_steps, first_step, is_main)
     timer = timing.StepTimer()
     clock = timing.PhaseClock()
     timer.start()
-    for step in range(first_step + 1, config.total_steps + 1):
-        with clock.phase("input pipeline"):
-            local_batch = next(task.train_iterator)
-        if audit is not None:  # which records this process trained on, step by step
-            audit.append(np.asarray(local_batch["index"]))
-        with clock.phase("host-to-device"):
-            global_batch = jax.block_until_ready(placement.to_global_batch(local_batch, mesh))
-        state, metrics = trainable.train_step(state, global_batch)
-        if step == first_step + 1:
-            with clock.phase("first step (compile)"):
-                jax.block_until_ready(state)
-            timer.start()  # img/sec/core leaves compilation out
-        else:
-            timer.steps += 1
-        progress.update()
-        last = step == config.total_steps
-        if step % config.log_every == 0 or last:
-            seconds, steps = timer.take(state)
-            _check_finite(state, step, ckpt)
-            metrics = _scalar_metrics(metrics)
-            metrics["img/sec/core"] = config.batch_size * steps / max(seconds, 1e-9) / jax.device_count()
-            progress.log(step, metrics)
-            if writer:
-                writer.scalars(metrics, step, prefix="train")
-        due = due_evals(entries, step, config.total_steps)
-        results: dict[str, Any] = {}
-        if due:
-            timer.pause(state)
-            _check_finite(state, step, ckpt)
-            eval_start = time.perf_counter()
-            for split, evals in due.items():
-                split_results = task.evaluate(variables_of(state), split, evals, step, None)
-                results.update(split_results)
+    with preemption.Watch() as watch:
+        for step in range(first_step + 1, config.total_steps + 1):
+            with clock.phase("input pipeline"):
+                local_batch = next(task.train_iterator)
+            if audit is not None:  # which records this process trained on, step by step
+                audit.append(np.asarray(local_batch["index"]))
+            with clock.phase("host-to-device"):
+                global_batch = jax.block_until_ready(placement.to_global_batch(local_batch, mesh))
+            state, metrics = trainable.train_step(state, global_batch)
+            if step == first_step + 1:
+                with clock.phase("first step (compile)"):
+                    jax.block_until_ready(state)
+                timer.start()  # img/sec/core leaves compilation out
+            else:
+                timer.steps += 1
+            progress.update()
+            last = step == config.total_steps
+            if step % config.log_every == 0 or last:
+                seconds, steps = timer.take(state)
+                _check_finite(state, step, ckpt)
+                metrics = _scalar_metrics(metrics)
+                metrics["img/sec/core"] = config.batch_size * steps / max(seconds, 1e-9) / jax.device_count()
+                progress.log(step, metrics)
                 if writer:
-                    writer.scalars(split_results, step, prefix=split)
-                progress.write(f"step {step} [{split}] " + (task.describe(split_results) if task.describe else
-                                                             _describe(split_results)))
-            clock.seconds["evaluation"] += time.perf_counter() - eval_start
-            timer.start()
-        selected = best_metric in results if best_metric else False
-        if selected:
-            history.append({"step": step, best_metric: float(results[best_metric])})
-            if is_main:
-                metrics_io.write_json(history_path, history, digits=0)
-        if step % config.checkpoint_every == 0 or last or selected:
-            timer.pause(state)
-            _check_finite(state, step, ckpt)
-            with clock.phase("checkpointing"):
-                ckpt.save(step, state, task.train_iterator,
-                          metrics={best_metric: float(results[best_metric])} if selected else None, force=True)
-            timer.start()
+                    writer.scalars(metrics, step, prefix="train")
+            due = due_evals(entries, step, config.total_steps)
+            results: dict[str, Any] = {}
+            if due:
+                timer.pause(state)
+                _check_finite(state, step, ckpt)
+                eval_start = time.perf_counter()
+                for split, evals in due.items():
+                    split_results = task.evaluate(variables_of(state), split, evals, step, None)
+                    results.update(split_results)
+                    if writer:
+                        writer.scalars(split_results, step, prefix=split)
+                    progress.write(f"step {step} [{split}] " + (task.describe(split_results) if task.describe else
+                                                                 _describe(split_results)))
+                clock.seconds["evaluation"] += time.perf_counter() - eval_start
+                timer.start()
+            selected = best_metric in results if best_metric else False
+            if selected:
+                history.append({"step": step, best_metric: float(results[best_metric])})
+                if is_main:
+                    metrics_io.write_json(history_path, history, digits=0)
+            preempted = watch.reached(step)  # every process, every step: they agree on the step
+            if step % config.checkpoint_every == 0 or last or selected or preempted:
+                timer.pause(state)
+                _check_finite(state, step, ckpt)
+                with clock.phase("checkpointing"):
+                    ckpt.save(step, state, task.train_iterator,
+                              metrics={best_metric: float(results[best_metric])} if selected else None, force=True)
+                timer.start()
+            if preempted:
+                _stop_preempted(step, ckpt, progress, writer)
     progress.close()
     _check_finite(state, int(state["step"]), ckpt)
     with clock.phase("checkpointing"):
