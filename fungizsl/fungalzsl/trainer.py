@@ -34,7 +34,8 @@ from fungizsl.models import two_towers
 from fungizsl.train import core
 
 
-def _encode(model):
+def make_encoder(model):
+    """(variables, images, input_ids) -> L2-normalised (image, text) embeddings: the evaluation step."""
     def encode(variables, images, input_ids):
         return (two_towers.l2_normalize(model.apply(variables, images, method="encode_image")),
                 two_towers.l2_normalize(model.apply(variables, input_ids, method="encode_text")))
@@ -47,7 +48,7 @@ def _encode(model):
 
 def make_loss_fn(model, class_aware: bool, combine: str):
     """The Task's loss: the symmetric contrastive loss on the global batch."""
-    encode = _encode(model)
+    encode = make_encoder(model)
 
     def loss_fn(params, extra, batch, rng):
         del rng  # CLIP has no dropout
@@ -125,7 +126,7 @@ class Evaluation:
 
     def __init__(self, config, data, model, tokenizer, mesh):
         self.config, self.data, self.tokenizer, self.mesh = config, data, tokenizer, mesh
-        self.encode = jax.jit(_encode(model))
+        self.encode = jax.jit(make_encoder(model))
         self.encode_text = jax.jit(lambda variables, ids: two_towers.l2_normalize(
             model.apply(variables, ids, method="encode_text")))
         size = max(mesh.size, config.get("eval_batch_size", config.batch_size))

@@ -301,6 +301,18 @@ def _info(cfg: FeatureConfig, description: str, is_dinov2: bool, num_registers: 
                        for s, n in sizes.items()}}
 
 
+def embed_fn(module, keep: str):
+    """jitted (params, images) -> the cached features, float16: every token ("tokens") or the
+    pooled CLS as one token ("pooled"). The step `extract` runs (and `fungizsl.bench.plan` compiles)."""
+
+    @jax.jit
+    def embed(p, x):
+        out = module.apply({"params": p}, x)
+        return (out["last_hidden_state"] if keep == "tokens" else out["pooled"][:, None]).astype(jnp.float16)
+
+    return embed
+
+
 def extract(sources: dict, out_dir, cfg: FeatureConfig = FeatureConfig(), show_progress: bool = True,
             stop_after_shards: int | None = None) -> dict:
     """Writes the feature shards of `sources` ({split: random-access source of records with
@@ -330,12 +342,7 @@ def extract(sources: dict, out_dir, cfg: FeatureConfig = FeatureConfig(), show_p
     mesh = placement.make_mesh(data=len(devices), fsdp=1, devices=devices)  # this host's devices
     batch = math.ceil(cfg.batch_size / mesh.size) * mesh.size
     params = jax.device_put(params, placement.replicated(mesh))
-    keep = cfg.keep
-
-    @jax.jit
-    def embed(p, x):
-        out = module.apply({"params": p}, x)
-        return (out["last_hidden_state"] if keep == "tokens" else out["pooled"][:, None]).astype(jnp.float16)
+    embed = embed_fn(module, cfg.keep)
 
     written = 0
     for split, source in sources.items():

@@ -74,7 +74,7 @@ def ensemble(config, workdir, task, scorer, data: FullData, mesh) -> dict:
     return out
 
 
-def _stage_config(config, stage: str):
+def stage_config(config, stage: str):
     """The core's view of one stage: its steps, lr, batch and schedule under the top-level names."""
     c = ml_collections.ConfigDict(config.to_dict())
     s = config[stage]
@@ -105,7 +105,7 @@ def ensure_features(config, workdir, show_progress: bool = True):
 def train_and_evaluate(config, workdir) -> dict:
     for stage in ("stage1", "stage2"):  # evaluators and selection, before features are extracted
         if config[stage].total_steps > 0:
-            core.check_evals(_stage_config(config, stage))
+            core.check_evals(stage_config(config, stage))
     workdir = workdir_lib.as_path(workdir)
     show = workdir_lib.is_main()
     timings = {}
@@ -123,7 +123,7 @@ def train_and_evaluate(config, workdir) -> dict:
     stage1_params, stage1 = None, None
     if config.stage1.total_steps > 0 and config.model.use_visual:
         start = time.perf_counter()
-        c1 = _stage_config(config, "stage1")
+        c1 = stage_config(config, "stage1")
         mesh = core.make_mesh(c1)
         stage1 = core.run(c1, workdir / "stage1", make_stage1_task(c1, data), mesh)
         stage1_params = checkpoint.load_params(workdir / "stage1" / "checkpoints" / str(stage1["step"]))
@@ -132,7 +132,7 @@ def train_and_evaluate(config, workdir) -> dict:
         timings["stage1_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
-    c2 = _stage_config(config, "stage2")
+    c2 = stage_config(config, "stage2")
     if stage1_params is None:
         c2.optim.frozen = ()
     mesh = core.make_mesh(c2)

@@ -111,8 +111,24 @@ class Stage1Batch(grain.transforms.Map):
 
 
 def stage1_model(config, data: FullData) -> Stage1Model:
+    return stage1_model_for(config, data.num_classes)
+
+
+def stage1_model_for(config, num_classes: int) -> Stage1Model:
     s = config.stage1
-    return Stage1Model(data.num_classes, width=s.width, depth=s.depth, num_heads=s.heads, dtype=s.dtype)
+    return Stage1Model(num_classes, width=s.width, depth=s.depth, num_heads=s.heads, dtype=s.dtype)
+
+
+def stage1_step_parts(config, num_classes: int, token_shape: tuple, first_kept: int):
+    """(model, init_variables, loss_fn) of the stage-1 task for cached tokens of shape [T, D]:
+    what `make_stage1_task` trains, built from shapes alone (the memory planner,
+    `fungizsl.bench.plan`, compiles its step without data)."""
+    s = config.stage1
+    model = stage1_model_for(config, num_classes)
+    example = jnp.zeros((2,) + tuple(token_shape), jnp.float32)
+    loss_fn = make_stage1_loss(model, s.loss, s.temperature, s.aux_weight, token_drop=s.token_drop,
+                               noise_std=s.noise_std, first_kept=first_kept)
+    return model, (lambda rng: model.init(rng, example)), loss_fn
 
 
 def embedding_fn(model: Stage1Model):
@@ -135,15 +151,13 @@ def stage1_embeddings(apply, params, tokens: np.ndarray, batch: int = 256) -> np
 
 def make_stage1_task(config, data: FullData) -> core.Task:
     s = config.stage1
-    model = stage1_model(config, data)
     train = data.splits["train"]
+    model, init_variables, loss_fn = stage1_step_parts(config, data.num_classes, train.tokens.shape[2:],
+                                                       data.first_kept)
     sampler = ClassBalancedSampler(train.labels, config.batch_size, s.instances_per_class, s.min_instances,
                                    seed=config.data.seed)
     iterator = grain_iterator(Stage1Batch(sampler, train.tokens, config.data.seed, s.view_mixing,
                                           jax.process_index(), jax.process_count()), config.total_steps)
-    example = jnp.zeros((2,) + train.tokens.shape[2:], jnp.float32)
-    loss_fn = make_stage1_loss(model, s.loss, s.temperature, s.aux_weight, token_drop=s.token_drop,
-                               noise_std=s.noise_std, first_kept=data.first_kept)
     apply = embedding_fn(model)
 
     def evaluate(variables, split, evals, step, out_dir):
@@ -155,7 +169,7 @@ def make_stage1_task(config, data: FullData) -> core.Task:
         return dict(run_evaluators(eval_entries(evals, out_dir, split),
                                    logits=image_to_obs(logits, data.splits[split].groups), **inputs))
 
-    return core.Task(name="fungiclef_stage1", init_variables=lambda rng: model.init(rng, example),
+    return core.Task(name="fungiclef_stage1", init_variables=init_variables,
                      loss_fn=loss_fn, train_iterator=iterator, evaluate=evaluate, summarise=summarise,
                      describe=describe)
 

@@ -64,10 +64,14 @@ class Stage2Batch(grain.transforms.Map):
 
 
 def stage2_model(config, data: FullData) -> ResidualFusion:
+    return stage2_model_for(config, data.num_classes, data.field_sizes)
+
+
+def stage2_model_for(config, num_classes: int, field_sizes: tuple[int, ...]) -> ResidualFusion:
     m, s = config.model, config.stage1
     fusion = FusionClassifier(
-        num_classes=data.num_classes, use_visual=m.use_visual, use_text=m.use_text,
-        field_sizes=data.field_sizes if m.use_fields else (),
+        num_classes=num_classes, use_visual=m.use_visual, use_text=m.use_text,
+        field_sizes=field_sizes if m.use_fields else (),
         num_numeric=len(md.NUMERIC_FEATURES) if m.use_numeric else 0,
         encoder_width=s.width, encoder_depth=s.depth, encoder_heads=s.heads,
         width=m.qformer_width, depth=m.qformer_depth, num_heads=m.qformer_heads, num_queries=m.num_queries,
@@ -84,12 +88,35 @@ def _stage2_inputs(batch: dict, config) -> dict:
     return {k: batch[k] for k in keys if k in batch}
 
 
+def scoring_fn(config, model):
+    """jitted (params, batch) -> logits: the step `Stage2Scorer` scores every chunk with."""
+    return jax.jit(lambda p, b: model.apply({"params": p}, _stage2_inputs(b, config))["logits"])
+
+
+def stage2_step_parts(config, model, example: dict):
+    """(init_variables, loss_fn) of the stage-2 task, `example` a batch (any row count) of the
+    builder's keys: what `make_stage2_task` trains, built from shapes alone (the memory planner,
+    `fungizsl.bench.plan`, compiles its step without data)."""
+    example = _stage2_inputs(example, config)
+
+    def init_variables(rng):
+        return model.init({"params": rng, "dropout": rng}, example)
+
+    def loss_fn(params, extra, batch, rng):
+        logits = model.apply({"params": params}, _stage2_inputs(batch, config), train=True,
+                             rngs={"dropout": rng})["logits"]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, ({"train_top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, extra)
+
+    return init_variables, loss_fn
+
+
 class Stage2Scorer:
     """Image logits of a split [N_img, C], every view scored, log-probabilities averaged over views."""
 
     def __init__(self, config, model, data: FullData):
         self.config, self.data = config, data
-        self.apply = jax.jit(lambda p, b: model.apply({"params": p}, _stage2_inputs(b, config))["logits"])
+        self.apply = scoring_fn(config, model)
 
     def image_logits(self, params, split: str, batch: int = 256) -> np.ndarray:
         sp = self.data.splits[split]
@@ -122,11 +149,9 @@ def make_stage2_task(config, data: FullData, stage1_params=None) -> tuple[core.T
                                           config.data.seed, jax.process_index(), jax.process_count()),
                               config.total_steps)
     example = {k: jnp.asarray(v) for k, v in
-               _stage2_inputs(Stage2Batch(train, data.text_states, data.text_mask, 2, 0, 0, 1).map(0), config).items()}
+               Stage2Batch(train, data.text_states, data.text_mask, 2, 0, 0, 1).map(0).items()}
+    init_variables, loss_fn = stage2_step_parts(config, model, example)
     scorer = Stage2Scorer(config, model, data)
-
-    def init_variables(rng):
-        return model.init({"params": rng, "dropout": rng}, example)
 
     def load_variables():
         variables = jax.device_get(jax.jit(init_variables)(jax.random.key(config.seed)))
@@ -137,12 +162,6 @@ def make_stage2_task(config, data: FullData, stage1_params=None) -> tuple[core.T
             params["fusion"] = fusion
             variables = dict(variables, params=params)
         return variables
-
-    def loss_fn(params, extra, batch, rng):
-        logits = model.apply({"params": params}, _stage2_inputs(batch, config), train=True,
-                             rngs={"dropout": rng})["logits"]
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, ({"train_top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, extra)
 
     def evaluate(variables, split, evals, step, out_dir):
         logits = scorer.obs_logits(variables["params"], split)
