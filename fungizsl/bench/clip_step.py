@@ -1,22 +1,25 @@
 """The JAX side of the benchmark: the FungalZSL train step exactly as the trainer compiles it.
 
-Model, loss, optimizer and step come from the trainer's own functions (`fungalzsl.make_loss_fn`,
-`core.build`: the same optimizer, sharding rules, donation and NaN guard), built from an experiment config;
+Model, loss, optimizer and step come from the trainer's own functions (`fungalzsl.model.clip_model`
+for the architecture, every tower and override included; `fungalzsl.make_loss_fn`; `core.build`:
+the same optimizer, sharding rules, donation and NaN guard), built from an experiment config;
 only the batch is synthetic (random normalised images, random token ids with one end-of-text per
 row, three classes), so the benchmark needs no data on disk and no tokenizer training.
 """
 
 import dataclasses
 import time
+import types
 
 import jax
 import numpy as np
 
 from fungizsl import placement
 from fungizsl.bench import measure
+from fungizsl.fungalzsl import model as model_lib
+from fungizsl.fungalzsl import trainer
 from fungizsl.models import two_towers
 from fungizsl.train import core
-from fungizsl.fungalzsl import trainer
 
 
 @dataclasses.dataclass
@@ -29,6 +32,7 @@ class ClipBench:
     trainable: core.Trainable
     mesh: object
     batch_size: int
+    extra: dict = dataclasses.field(default_factory=dict)  # a conv tower's batch_stats (host)
 
     @property
     def image_size(self) -> int:
@@ -38,32 +42,46 @@ class ClipBench:
     def state_sharding(self):
         return self.trainable.state_sharding
 
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, **self.extra}
 
-def clip_model_config(config, dtype: str, image_size: int | None = None) -> two_towers.ClipConfig:
-    """The from-scratch architecture the trainer builds (vocabulary and context from the config;
-    the trainer takes them from the BPE it trains, at most those sizes)."""
+    @property
+    def vit_tower(self) -> bool:
+        """A ViT image tower: the only kind transformers' CLIPModel (the torch reference) has."""
+        c = self.model.config
+        return not (two_towers.is_convnet(c) or two_towers.is_resnet(c))
+
+
+def _model(config, dtype: str, image_size: int | None) -> two_towers.ClipModel:
+    """The from-scratch model the trainer builds (`fungalzsl.model.clip_model`: the tower of every
+    arch, cnn_tiny and rn_tiny included, with the config's overrides), the text tower sized to the
+    config's vocabulary and context (the trainer takes them from the BPE it trains, at most those
+    sizes)."""
     m = config.model
-    clip = two_towers.clip_config(m.arch, dtype=dtype, scan=m.scan, remat=m.remat)
+    if image_size:
+        config = config.copy_and_resolve_references()
+        config.data.image_size = image_size
     vocab = int(m.vocab_size)
-    return dataclasses.replace(
-        clip,
-        vision=dataclasses.replace(clip.vision, image_size=image_size or config.data.image_size,
-                                   patch_size=m.get("patch_size") or clip.vision.patch_size),
-        text=dataclasses.replace(clip.text, vocab_size=vocab, eot_token_id=vocab - 1,
-                                 context_length=int(m.text_context)))
+    tokenizer = types.SimpleNamespace(vocab_size=vocab, eot_id=vocab - 1, context_length=int(m.text_context))
+    return model_lib.clip_model(config, tokenizer, dtype=dtype, scan=m.scan, remat=m.remat)
 
 
 def build(config, batch_size: int, dtype: str, image_size: int | None = None, mesh=None,
           params=None) -> ClipBench:
     """The trainer's Trainable (fungizsl.train.core.build) for the FungalZSL task's loss."""
-    model = two_towers.ClipModel(clip_model_config(config, dtype, image_size))
+    model = _model(config, dtype, image_size)
+    extra = {}
     if params is None:
-        params = jax.device_get(trainer.init_fn(model)(jax.random.key(config.seed))["params"])
+        # One compiled init, not one small compile per initialiser op (eager init took seconds).
+        variables = dict(jax.device_get(jax.jit(trainer.init_fn(model))(jax.random.key(config.seed))))
+        params = variables.pop("params")
+        extra = variables
     task = core.Task(name="fungalzsl_bench", init_variables=trainer.init_fn(model),
                      loss_fn=trainer.make_loss_fn(model, config.loss.class_aware, config.loss.get("combine", "mean")),
                      train_iterator=None, evaluate=lambda *a: {}, post_update=trainer.clamp_logit_scale)
     mesh = mesh or placement.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
-    return ClipBench(config, model, params, core.build(config, task, mesh), mesh, batch_size)
+    return ClipBench(config, model, params, core.build(config, task, mesh), mesh, batch_size, extra)
 
 
 def synthetic_batch(bench: ClipBench, seed: int = 0) -> dict:
@@ -85,7 +103,7 @@ def place_batch(bench: ClipBench, batch: dict):
 
 
 def new_state(bench: ClipBench):
-    return bench.trainable.place_variables({"params": bench.params})
+    return bench.trainable.place_variables(bench.variables)
 
 
 def train_step_fn(bench: ClipBench):
@@ -97,11 +115,14 @@ def loss_and_grad_fn(bench: ClipBench):
     """The loss and its gradient only (no optimizer): the model-FLOP part of the step."""
     loss_fn = trainer.make_loss_fn(bench.model, bench.config.loss.class_aware,
                                    bench.config.loss.get("combine", "mean"))
-    return jax.jit(jax.value_and_grad(lambda params, batch: loss_fn(params, {}, batch, None)[0]))
+    extra = jax.device_put(bench.extra)
+    return jax.jit(jax.value_and_grad(lambda params, batch: loss_fn(params, extra, batch, None)[0]))
 
 
 def embed_images_fn(bench: ClipBench):
-    return jax.jit(lambda p, images: bench.model.apply({"params": p}, images, method="encode_image"))
+    """(params, images) -> image embeddings; a conv tower normalises with its running statistics."""
+    extra = jax.device_put(bench.extra)
+    return jax.jit(lambda p, images: bench.model.apply({"params": p, **extra}, images, method="encode_image"))
 
 
 def param_count(params) -> int:

@@ -1,13 +1,18 @@
-"""Measurement helpers: interleaved timing, the device's peak FLOP/s, model (matmul) FLOPs from
-the jaxpr, compiled memory.
+"""Measurement helpers: interleaved timing with a contention record per round, the device's
+peak FLOP/s, model (matmul) FLOPs from the jaxpr, compiled memory.
 
-Everything here compares rates measured in the same process, interleaved round by round, so
-that background load on a shared machine slows every contender alike.
+Contenders are timed in the same process, interleaved round by round, and every round records
+what other processes took from our cores (/proc/stat busy time minus our own CPU time) beside
+the load average; rounds where others used more than `CONTENDED_CORES` are marked contended and
+left out of the ratios (`clean_ratio`). Interleaving alone does not make a shared machine fair:
+one framework's threads can lose more to the same contention than the other's.
 """
 
+import dataclasses
 import math
+import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +27,10 @@ GPU_BF16_PEAK = (
     ("TPU v5", 459e12), ("TPU v6 lite", 918e12), ("TPU v6e", 918e12),
 )
 
+CONTENDED_CORES = 0.25  # other processes' CPU per wall second above which a round is contended
+CALL_SLACK_TICKS = 2  # per core: /proc/stat's tick granularity, allowed on top for one short call
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
 
 def block(x):
     return jax.block_until_ready(x)
@@ -29,28 +38,163 @@ def block(x):
 
 def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
                 settle_s: float = 0.05) -> dict:
-    """Times each contender once per round, alternating the order every round.
+    """{name: summary of its times over every round} (see `timed_rounds`, which also says which
+    rounds were contended)."""
+    timing = timed_rounds(contenders, rounds, warmup, settle_s)
+    return {name: {k: v for k, v in t.items() if k != "clean"} for name, t in timing["contenders"].items()}
+
+
+def timed_rounds(contenders: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
+                 settle_s: float = 0.05, contended_cores: float = CONTENDED_CORES) -> dict:
+    """Times each contender once per round, alternating the order every round, and watches the
+    machine around every round (`MachineSample`): a round in which other processes used more than
+    `contended_cores` of this process's cores (per wall second) is marked contended.
+
+    Each call is also watched on its own (`call_record`): a process that takes a core only
+    while one contender runs barely moves the round's average but would skew that round's ratio.
 
     `settle_s` of sleep before each timed call lets the previous contender's worker threads park:
     XLA's and PyTorch's CPU pools spin for a while after their work, and on a 2-core machine a
     spinning pool measurably slows whoever runs next (seen: PyTorch 2-3x slower right after an
     XLA matmul without it).
 
-    Returns {name: {"median_s", "min_s", "max_s", "p25_s", "p75_s", "times_s"}}; every call must
-    block until its result is ready (JAX: block_until_ready; torch CPU is synchronous).
+    Returns {"contenders": {name: summary over all rounds + "cpu_s" per call + "clean": the
+    summary over clean rounds or None}, "rounds": [per-round record], "clean_rounds", "cores",
+    "contended_cores", "method"}. Every call must block until its result is ready (JAX:
+    block_until_ready; torch CPU is synchronous).
     """
     names = list(contenders)
     for _ in range(warmup):
         for name in names:
             contenders[name]()
     times = {name: [] for name in names}
+    cpu = {name: [] for name in names}
+    records = []
     for r in range(rounds):
+        before = MachineSample.now()
+        calls = {}
         for name in (names if r % 2 == 0 else names[::-1]):
             time.sleep(settle_s)
+            first = MachineSample.now()
             start = time.perf_counter()
             contenders[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: summary(t) for name, t in times.items()}
+            wall = time.perf_counter() - start
+            calls[name] = call_record(first, MachineSample.now(), wall, contended_cores)
+            times[name].append(wall)
+            cpu[name].append(calls[name]["cpu_s"])
+        records.append(dict(round_record(before, MachineSample.now(), contended_cores, calls), index=r))
+    clean = [i for i, rec in enumerate(records) if not rec["contended"]]
+    out = {}
+    for name in names:
+        out[name] = dict(summary(times[name]), cpu_s=cpu[name], cpu_s_per_call_median=float(np.median(cpu[name])),
+                         clean=dict(summary([times[name][i] for i in clean]),
+                                    cpu_s_per_call_median=float(np.median([cpu[name][i] for i in clean])))
+                         if clean else None)
+    return {"contenders": out, "rounds": records, "clean_rounds": len(clean),
+            "cores": records[0]["cores"] if records else len(available_cores()),
+            "contended_cores": contended_cores, "method": records[0]["method"] if records else None}
+
+
+# -- contention ------------------------------------------------------------------------------------
+
+
+def available_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+
+
+def busy_seconds(cores: list[int], stat_text: str) -> float:
+    """CPU seconds the given cores spent busy since boot, from /proc/stat's per-cpu lines: user,
+    nice, system, irq, softirq and steal (time a hypervisor gave to another guest counts as
+    taken from us); idle and iowait do not count."""
+    wanted = {f"cpu{c}" for c in cores}
+    ticks = 0
+    for line in stat_text.splitlines():
+        fields = line.split()
+        if fields and fields[0] in wanted:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+            ticks += user + nice + system + irq + softirq + steal
+    return ticks / _TICKS
+
+
+@dataclasses.dataclass
+class MachineSample:
+    """What the machine looked like at one moment: wall clock, this process's CPU time (all its
+    threads), busy seconds of the cores it may run on (None where /proc/stat is missing) and
+    the load average."""
+
+    wall: float
+    own_cpu: float
+    busy: float | None
+    loadavg: tuple[float, float, float]
+    cores: list[int]
+
+    @classmethod
+    def now(cls) -> "MachineSample":
+        cores = available_cores()
+        try:
+            with open("/proc/stat") as f:
+                busy = busy_seconds(cores, f.read())
+        except OSError:
+            busy = None
+        return cls(time.perf_counter(), time.process_time(), busy, os.getloadavg(), cores)
+
+
+def _others(before: MachineSample, after: MachineSample) -> tuple[float, float, float, str]:
+    """(wall, own CPU, others' CPU seconds, method) between two samples. Others' CPU: busy seconds
+    of our cores minus our own CPU seconds, i.e. what other processes (and the kernel on their
+    behalf) took from the cores we run on. Without /proc/stat (not Linux) the 1-minute load
+    average stands in: (load - our own cores in use) x wall; it lags by a minute."""
+    wall = after.wall - before.wall
+    own = after.own_cpu - before.own_cpu
+    if before.busy is not None and after.busy is not None:
+        return wall, own, max(0.0, after.busy - before.busy - own), "/proc/stat busy time of our cores minus our CPU time"
+    load = max(before.loadavg[0], after.loadavg[0])
+    return wall, own, max(0.0, load - own / wall) * wall, "1-minute load average minus our cores in use"
+
+
+def call_record(before: MachineSample, after: MachineSample, wall_s: float,
+                contended_cores: float = CONTENDED_CORES) -> dict:
+    """One timed call (`wall_s` timed inside the two samples): our CPU seconds and others' over
+    it. Contended when others took more than `contended_cores` per wall second plus
+    `CALL_SLACK_TICKS` ticks per core: /proc/stat advances in whole ticks, which a short call
+    must not mistake for another process."""
+    window, own, others, _ = _others(before, after)
+    slack = CALL_SLACK_TICKS * len(after.cores) / _TICKS
+    return {"wall_s": wall_s, "window_s": window, "cpu_s": own, "others_cpu_s": others,
+            "contended": others > contended_cores * window + slack}
+
+
+def round_record(before: MachineSample, after: MachineSample, contended_cores: float = CONTENDED_CORES,
+                 calls: dict | None = None) -> dict:
+    """One round's machine record: others_cores = others' CPU seconds per wall second over the
+    whole round (`_others`). The round is contended when that exceeds `contended_cores` or when
+    any of its `calls` (`call_record`) was contended: others can come and go within a round."""
+    wall, own, others, method = _others(before, after)
+    others_cores = others / wall if wall > 0 else 0.0
+    contended_calls = [name for name, call in (calls or {}).items() if call["contended"]]
+    return {"wall_s": wall, "cpu_s": own, "own_cores": own / wall if wall > 0 else 0.0,
+            "others_cpu_s": others, "others_cores": others_cores,
+            "loadavg_before": list(before.loadavg), "loadavg_after": list(after.loadavg),
+            "cores": len(after.cores), "contended_calls": contended_calls,
+            "contended": others_cores > contended_cores or bool(contended_calls), "method": method,
+            "calls": calls or {}}
+
+
+def clean_ratio(timing: dict, slow: str, fast: str) -> dict:
+    """slow's time over fast's on the clean rounds of one `timed_rounds` record: the median of the
+    per-round ratios and the fastest clean round of each side against the other's. With no clean
+    round both are None and `note` says why."""
+    rounds = timing["rounds"]
+    clean = [r for r in rounds if not r["contended"]]
+    if not clean:
+        others = float(np.median([r["others_cores"] for r in rounds])) if rounds else 0.0
+        return {"median": None, "fastest": None, "clean_rounds": 0, "rounds": len(rounds),
+                "note": f"no clean round: {len(rounds)} of {len(rounds)} contended "
+                        f"(others used {others:.2f} of {timing['cores']} cores, median)"}
+    ratios = [r["calls"][slow]["wall_s"] / r["calls"][fast]["wall_s"] for r in clean]
+    fastest = min(r["calls"][slow]["wall_s"] for r in clean) / min(r["calls"][fast]["wall_s"] for r in clean)
+    return {"median": float(np.median(ratios)), "fastest": float(fastest), "clean_rounds": len(clean),
+            "rounds": len(rounds), "note": f"{len(clean)} of {len(rounds)} rounds clean"}
 
 
 def summary(times: list[float]) -> dict:
@@ -58,12 +202,6 @@ def summary(times: list[float]) -> dict:
     return {"median_s": float(np.median(t)), "min_s": float(t.min()), "max_s": float(t.max()),
             "p25_s": float(np.percentile(t, 25)), "p75_s": float(np.percentile(t, 75)),
             "times_s": [float(x) for x in t]}
-
-
-def paired_ratio(slow: dict, fast: dict) -> float:
-    """Median over rounds of slow_time / fast_time (rounds are interleaved, so each pair saw the
-    same background load)."""
-    return float(np.median(np.asarray(slow["times_s"]) / np.asarray(fast["times_s"])))
 
 
 # -- device peak ---------------------------------------------------------------------------------

@@ -16,11 +16,35 @@ PRIMARY = {"cpu": "float32"}  # the headline dtype per platform; accelerators: b
 def device_info() -> dict:
     info = measure.device_description()
     if info["platform"] == "cpu":
-        info["threads"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        info["cores_for_per_core"] = info["threads"]
+        info["cores"] = len(measure.available_cores())
+        info["cores_for_per_core"] = info["cores"]
     else:
         info["cores_for_per_core"] = info["device_count"]
     return info
+
+
+def thread_census() -> dict:
+    """This process's threads by name (Linux /proc/self/task). XLA's CPU intra-op pool is the
+    `tf_XLAEigen` threads; OpenMP (torch) and other pools keep the name `python`."""
+    names: dict[str, int] = {}
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/comm") as f:
+                name = f.read().strip()
+            names[name] = names.get(name, 0) + 1
+    except OSError:
+        return {}
+    return dict(sorted(names.items()))
+
+
+def threads_report(requested: int | None, torch_threads: dict | None) -> dict:
+    census = thread_census()
+    return {"requested": requested, "NPROC": os.environ.get("NPROC"),
+            "xla_intra_op": census.get("tf_XLAEigen"),
+            "xla_note": "XLA:CPU sizes its intra-op pool (tf_XLAEigen) and its client's dispatch pool "
+                        "from NPROC, else from the cores; it has no separate inter-op pool "
+                        "(independent thunks run on the intra-op pool)",
+            **(torch_threads or {}), "process_threads": sum(census.values()) or None, "by_name": census}
 
 
 def _torch_contenders(bench, batch_np, modes, dtype, threads):
@@ -46,6 +70,9 @@ def _torch_contenders(bench, batch_np, modes, dtype, threads):
     return out, errors, loss0, tbatch
 
 
+NO_TORCH_TOWER = "no PyTorch reference for a {} tower: transformers' CLIPModel has a ViT image tower only"
+
+
 def run_dtype(config, batch: int, dtype: str, rounds: int, reference: str, torch_modes, peak_fn,
               threads: int, want_profile: bool, embed: bool) -> dict:
     bench = clip_step.build(config, batch, dtype)
@@ -62,33 +89,43 @@ def run_dtype(config, batch: int, dtype: str, rounds: int, reference: str, torch
     peak_samples = []
     if peak_fn is not None:
         contenders["matmul_peak"] = lambda: peak_samples.append(peak_fn[0]())
-    if reference == "torch":
+    if reference == "torch" and not bench.vit_tower:
+        record["torch_errors"] = {"all": NO_TORCH_TOWER.format(config.model.arch)}
+    elif reference == "torch":
         modes = torch_modes(record["params"])
-        torch_steps, errors, loss0, tbatch = _torch_contenders(bench, batch_np, modes, dtype, threads)
+        torch_steps, errors, loss0, _ = _torch_contenders(bench, batch_np, modes, dtype, threads)
         record["initial_loss_torch"] = loss0
         record["torch_errors"] = errors
         record["torch_first_call_s"] = {m: s for m, (_, s) in torch_steps.items()}
         contenders.update({f"torch_{m}": fn for m, (fn, _) in torch_steps.items()})
-    times = measure.interleaved(contenders, rounds)
-    jax_t = times["jax"]
-    record["timing"] = times
+    timing = measure.timed_rounds(contenders, rounds)
+    record["timing"] = timing
+    jax_t = _headline_times(timing["contenders"]["jax"])
     record["step_ms"] = 1e3 * jax_t["median_s"]
+    record["step_ms_fastest"] = 1e3 * jax_t["min_s"]
     record["jax_images_per_sec"] = batch / jax_t["median_s"]
+    record["cpu_s_per_step"] = {n: _headline_times(t)["cpu_s_per_call_median"]
+                                for n, t in timing["contenders"].items() if n != "matmul_peak"}
     if peak_fn is not None:
-        # Best of all samples on both sides: the least disturbed moments of a shared machine.
-        record["peak_flops"] = peak_fn[1] / min(peak_samples)
-        record["peak_flops_median"] = peak_fn[1] / float(np.median(peak_samples))
-        record["peak_source"] = ("measured: fastest 4096^3 fp32 matmul in XLA over the same interleaved "
-                                 "rounds; MFU uses the fastest step")
+        clean = [s for s, r in zip(peak_samples[-rounds:], timing["rounds"]) if not r["contended"]] or peak_samples
+        record["peak_flops"] = peak_fn[1] / min(clean)
+        record["peak_flops_median"] = peak_fn[1] / float(np.median(clean))
+        record["peak_source"] = (f"measured: fastest {peak_fn[2]}^3 fp32 matmul in XLA over the same interleaved "
+                                 "rounds (clean ones where any); MFU uses the fastest step")
     for name in contenders:
         if name.startswith("torch_"):
-            record[f"{name}_images_per_sec"] = batch / times[name]["median_s"]
-            record[f"{name}_speed_ratio"] = measure.paired_ratio(times[name], jax_t)
+            record[f"{name}_images_per_sec"] = batch / _headline_times(timing["contenders"][name])["median_s"]
+            record[f"{name}_speed_ratio"] = measure.clean_ratio(timing, name, "jax")
     if embed:
         record["embed"] = _embed(bench, batch_np, rounds, reference, dtype, threads)
     if want_profile:
         record["profile"] = op_profile.profile_step(compiled, step, steps=2)
     return record
+
+
+def _headline_times(t: dict) -> dict:
+    """A contender's summary over the clean rounds, or over all rounds where none was clean."""
+    return t["clean"] or t
 
 
 def _embed(bench, batch_np, rounds, reference, dtype, threads) -> dict:
@@ -97,26 +134,37 @@ def _embed(bench, batch_np, rounds, reference, dtype, threads) -> dict:
     params = jax.device_put(bench.params)
     compiled = fn.lower(params, images).compile()
     contenders = {"jax": lambda: measure.block(compiled(params, images))}
-    if reference == "torch":
+    if reference == "torch" and bench.vit_tower:
         from fungizsl.bench import torch_clip  # PyTorch: only for --reference=torch
 
         hf = torch_clip.build(bench.model, bench.params, threads).eval()
         embed = torch_clip.make_embed_images(hf, dtype)
         pixels = torch_clip.to_torch_batch(batch_np)["pixel_values"]
         contenders["torch"] = lambda: embed(pixels)
-    times = measure.interleaved(contenders, rounds)
-    out = {f"{k}_images_per_sec": len(batch_np["image"]) / v["median_s"] for k, v in times.items()}
-    if "torch" in times:
-        out["speed_ratio"] = measure.paired_ratio(times["torch"], times["jax"])
+    timing = measure.timed_rounds(contenders, rounds)
+    out = {f"{k}_images_per_sec": len(batch_np["image"]) / _headline_times(v)["median_s"]
+           for k, v in timing["contenders"].items()}
+    out["clean_rounds"], out["rounds"] = timing["clean_rounds"], len(timing["rounds"])
+    if "torch" in timing["contenders"]:
+        out["speed_ratio"] = measure.clean_ratio(timing, "torch", "jax")
     return out
 
 
-def run_all(config, *, batch, dtypes, rounds, reference, torch_modes, profile, pipeline, embed) -> dict:
+def run_all(config, *, batch, dtypes, rounds, reference, torch_modes, profile, pipeline, embed,
+            threads: int | None = None, peak_matmul: int = 4096) -> dict:
+    """`threads`: PyTorch's pools (XLA's are fixed when its backend starts: NPROC, set by
+    `__main__`); None: the cores this process may run on."""
     device = device_info()
     cpu = device["platform"] == "cpu"
-    threads = device.get("threads", 1)
-    peak_fn = measure.matmul_contender() if cpu else None
+    threads = threads or device.get("cores", 1)
+    torch_threads = None
+    if reference == "torch":
+        from fungizsl.bench import torch_clip  # PyTorch: only for --reference=torch
+
+        torch_threads = torch_clip.set_threads(threads)
+    peak_fn = (*measure.matmul_contender(peak_matmul), peak_matmul) if cpu and peak_matmul else None
     datasheet = None if cpu else measure.datasheet_peak(device["device_kind"])
+    machine_start = {"loadavg": list(os.getloadavg()), "cores": len(measure.available_cores())}
 
     def modes_for(params: int):
         if torch_modes != "auto":
@@ -129,19 +177,32 @@ def run_all(config, *, batch, dtypes, rounds, reference, torch_modes, profile, p
     primary = next((r for r in runs if r["dtype"] == primary_dtype), runs[0])
     peak = primary.get("peak_flops") or datasheet
     achieved = primary["model_flops_per_step"] / (primary["step_ms"] / 1e3)
-    best = primary["model_flops_per_step"] / primary["timing"]["jax"]["min_s"]
+    best = primary["model_flops_per_step"] / (primary["step_ms_fastest"] / 1e3)
+    eager = primary.get("torch_eager_speed_ratio") or {}
+    compiled = primary.get("torch_compile_speed_ratio") or {}
+    timing = primary["timing"]
     out = {
         "runs": runs, "primary_dtype": primary["dtype"],
-        "step_ms": primary["step_ms"],
+        "threads": threads_report(threads, torch_threads),
+        "machine": {"start": machine_start, "end": {"loadavg": list(os.getloadavg())},
+                    "contended_cores": timing["contended_cores"], "method": timing["method"]},
+        "clean_rounds": timing["clean_rounds"], "rounds": len(timing["rounds"]),
+        "step_ms": primary["step_ms"], "step_ms_fastest": primary["step_ms_fastest"],
+        "cpu_s_per_step": primary["cpu_s_per_step"],
         "jax_images_per_sec": primary["jax_images_per_sec"],
         "jax_images_per_sec_per_core": primary["jax_images_per_sec"] / device["cores_for_per_core"],
         "torch_images_per_sec": primary.get("torch_eager_images_per_sec"),
-        "speed_ratio": primary.get("torch_eager_speed_ratio"),
-        "speed_ratio_vs_torch_compile": primary.get("torch_compile_speed_ratio"),
+        # JAX's speedup over PyTorch eager: median of per-round ratios over clean rounds only;
+        # None when no round was clean (speed_ratio_note says so) or with no reference.
+        "speed_ratio": eager.get("median"), "speed_ratio_fastest": eager.get("fastest"),
+        "speed_ratio_note": eager.get("note") or primary.get("torch_errors", {}).get("all"),
+        "speed_ratio_vs_torch_compile": compiled.get("median"),
+        "speed_ratio_vs_torch_compile_fastest": compiled.get("fastest"),
         "model_flops_per_sec": achieved,
         "peak_flops": peak,
         "peak_source": primary.get("peak_source") or (f"datasheet dense bf16 peak of {device['device_kind']}"
-                                                      if datasheet else "unknown device: no MFU"),
+                                                      if datasheet else "no peak (--peak_matmul=0 on CPU, or an "
+                                                      "unknown device): no MFU"),
         "model_flops_per_sec_best": best,
         # CPU: fastest step against the fastest matmul of the same run; accelerators: median step
         # against the datasheet.
@@ -156,32 +217,77 @@ def run_all(config, *, batch, dtypes, rounds, reference, torch_modes, profile, p
     return out
 
 
-def _spread(t: dict) -> str:
-    return f"{1e3 * t['min_s']:.0f}-{1e3 * t['max_s']:.0f}"
-
-
 def _fmt(x, spec=".1f"):
     return "-" if x is None else format(x, spec)
 
 
+def _ratio_text(ratio: dict | None) -> str:
+    if not ratio:
+        return ""
+    if ratio["median"] is None:
+        return "no clean round"
+    return f"{ratio['median']:.2f}x / {ratio['fastest']:.2f}x"
+
+
+def _round_state(rec: dict) -> str:
+    if not rec["contended"]:
+        return "clean"
+    during = rec.get("contended_calls")
+    return "CONTENDED" + (f" (during {', '.join(during)})" if during else "")
+
+
+def format_rounds(timing: dict) -> list[str]:
+    """One line per timed round: wall time, cores we and the others used, load average."""
+    lines = [(f"{'round':>5} {'wall s':>7} {'our cores':>9} {'others cores':>12} {'load 1m before-after':>21}  "
+              f"(contended: others > {timing['contended_cores']} cores; {timing['method']})")]
+    for rec in timing["rounds"]:
+        load = f"{rec['loadavg_before'][0]:.2f}-{rec['loadavg_after'][0]:.2f}"
+        lines.append(f"{rec['index']:>5} {rec['wall_s']:>7.2f} {rec['own_cores']:>9.2f} {rec['others_cores']:>12.2f} "
+                     f"{load:>21}  {_round_state(rec)}")
+    return lines
+
+
 def format_report(r: dict) -> str:
-    d = r["device"]
-    lines = [f"fungizsl.bench {r['date']}: CLIP {r['config']} at {r['image_size']} px, batch {r['batch']}, "
-             f"{d['platform']} {d['device_kind']} x{d['device_count']}"
-             + (f", {d['threads']} threads" if "threads" in d else ""),
+    d, th, machine = r["device"], r["threads"], r["machine"]
+    torch_threads = (f", torch intra-op {th['torch_intra_op']} inter-op {th['torch_inter_op']}"
+                     if "torch_intra_op" in th else "")
+    cores = f", {d['cores']} cores" if "cores" in d else ""
+    load = {k: "/".join(f"{x:.2f}" for x in machine[k]["loadavg"]) for k in ("start", "end")}
+    lines = [(f"fungizsl.bench {r['date']}: CLIP {r['config']} at {r['image_size']} px, batch {r['batch']}, "
+              f"{d['platform']} {d['device_kind']} x{d['device_count']}{cores}"),
+             (f"threads: XLA intra-op {th['xla_intra_op'] or '-'} (NPROC={th['NPROC']}){torch_threads}; "
+              f"{th['process_threads']} threads in the process"),
+             f"load average (1/5/15 min) at start {load['start']}, at end {load['end']}",
              "",
-             f"{'contender':<22} {'dtype':<9} {'step ms':>9} {'img/s':>8} {'spread ms (min-max)':>20} {'JAX speedup':>12}"]
+             ("times over clean rounds (all rounds where none was clean); speedup = torch time / JAX time, "
+              "median of per-round ratios / fastest vs fastest"),
+             (f"{'contender':<16} {'dtype':<9} {'clean':>6} {'median ms':>10} {'fastest ms':>11} {'img/s':>8} "
+              f"{'CPU s/step':>11} {'cores':>6} {'JAX speedup':>16}")]
     for run in r["runs"]:
-        for name, t in run["timing"].items():
+        timing = run["timing"]
+        clean = f"{timing['clean_rounds']}/{len(timing['rounds'])}"
+        for name, t in timing["contenders"].items():
             if name == "matmul_peak":
                 continue
-            ratio = run.get(f"{name}_speed_ratio") if name != "jax" else None
-            lines.append(f"{name:<22} {run['dtype']:<9} {1e3 * t['median_s']:>9.1f} {run['batch'] / t['median_s']:>8.1f} "
-                         f"{_spread(t):>20} "
-                         f"{_fmt(ratio, '.2f') + 'x' if ratio else '':>12}")
+            h = _headline_times(t)
+            cpu = h["cpu_s_per_call_median"]
+            lines.append(f"{name:<16} {run['dtype']:<9} {clean:>6} {1e3 * h['median_s']:>10.1f} {1e3 * h['min_s']:>11.1f} "
+                         f"{run['batch'] / h['median_s']:>8.1f} {cpu:>11.3f} {cpu / h['median_s']:>6.2f} "
+                         f"{_ratio_text(run.get(f'{name}_speed_ratio')):>16}")
         for mode, error in run.get("torch_errors", {}).items():
-            lines.append(f"torch_{mode:<16} {run['dtype']:<9} failed: {error}")
+            label, state = ("torch", "skipped") if mode == "all" else (f"torch_{mode}", "failed")
+            lines.append(f"{label:<16} {run['dtype']:<9} {state}: {error}")
     lines.append("")
+    if r.get("speed_ratio") is not None:
+        lines.append(f"JAX speedup over PyTorch eager ({r['primary_dtype']}): {r['speed_ratio']:.2f}x median, "
+                     f"{r['speed_ratio_fastest']:.2f}x fastest vs fastest; {r['speed_ratio_note']}")
+    elif r.get("speed_ratio_note"):
+        lines.append(f"JAX speedup over PyTorch eager ({r['primary_dtype']}): none reported, {r['speed_ratio_note']}")
+    if r.get("speed_ratio_vs_torch_compile") is not None:
+        lines.append(f"JAX speedup over torch.compile: {r['speed_ratio_vs_torch_compile']:.2f}x median, "
+                     f"{r['speed_ratio_vs_torch_compile_fastest']:.2f}x fastest vs fastest")
+    primary = next(run for run in r["runs"] if run["dtype"] == r["primary_dtype"])
+    lines += [f"rounds ({r['primary_dtype']}):"] + format_rounds(primary["timing"]) + [""]
     p = r["runs"][0]
     lines.append(f"model FLOPs/step (matmuls, fwd+bwd) {p['model_flops_per_step'] / 1e9:.2f} G; "
                  f"XLA cost analysis of the whole step {_fmt((p['xla_step_flops'] or 0) / 1e9, '.2f')} G")
@@ -195,7 +301,9 @@ def format_report(r: dict) -> str:
         if "embed" in run:
             e = run["embed"]
             lines.append(f"image embedding {run['dtype']}: JAX {e['jax_images_per_sec']:.1f} img/s"
-                         + (f", torch {e['torch_images_per_sec']:.1f} img/s ({e['speed_ratio']:.2f}x)" if "torch_images_per_sec" in e else ""))
+                         + (f", torch {e['torch_images_per_sec']:.1f} img/s ({_ratio_text(e['speed_ratio'])})"
+                            if "torch_images_per_sec" in e else "")
+                         + f"; {e['clean_rounds']} of {e['rounds']} rounds clean")
     if "pipeline" in r:
         pl = r["pipeline"]
         lines.append(f"input pipeline alone {pl['images_per_sec']:.1f} img/s ({r['pipeline_over_step_ratio']:.1f}x what the "

@@ -9,7 +9,6 @@ imported only when the benchmark runs with `--reference=torch`.
 """
 
 import contextlib
-import os
 import tempfile
 
 import numpy as np
@@ -19,10 +18,27 @@ import transformers
 
 from fungizsl import weights
 
+# Building the reference (from_pretrained) otherwise prints a "Loading weights" progress bar and
+# load reports into the benchmark's log, once per reference built.
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+
+def set_threads(threads: int) -> dict:
+    """Both of torch's CPU pools at `threads`: intra-op (OpenMP, what a matmul or conv splits
+    over) and inter-op (independent ops; settable once per process, before first use, so a second
+    call keeps the first value). Returns the counts torch reports."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already set, or inter-op work already ran
+        pass
+    return {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads()}
+
 
 def build(model, params, threads: int):
     """A `CLIPModel` holding `params` (our Flax tree) via the Hugging Face export path."""
-    torch.set_num_threads(threads)
+    set_threads(threads)
     with tempfile.TemporaryDirectory(prefix="fungizsl_bench_") as folder:
         weights.export_pretrained(model, params, folder)
         hf = transformers.CLIPModel.from_pretrained(folder, attn_implementation="sdpa")
@@ -115,9 +131,3 @@ def make_embed_images(hf, dtype="float32"):
     return embed
 
 
-def threads() -> int:
-    return torch.get_num_threads()
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
