@@ -285,13 +285,20 @@ def short_name(config_args: list[str]) -> str:
 
 # -- command line -----------------------------------------------------------------------------------
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config, e.g. configs/fungalzsl.py:arch=l14_336")
-flags.DEFINE_string("devices", "1,8", "comma list of device counts (each compiled in its own process)")
-flags.DEFINE_enum("fail_over", None, list(DEVICES), "exit non-zero when a step's peak per device exceeds this device")
-flags.DEFINE_string("out", None, "write the rows as JSON here")
-flags.DEFINE_enum("preset", None, ["readme"], "readme: every config of the README's table, on 1 and 8 devices")
-flags.DEFINE_integer("child", 0, "internal: plan in this process, which has this many devices; print JSON")
 FLAGS = flags.FLAGS
+_CONFIG = None
+
+
+def define_flags() -> None:
+    """The command line's flags, defined only when this module is the program: importing it (the
+    tests, other tools) must not add a second --config beside fungizsl.main's."""
+    global _CONFIG
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config, e.g. configs/fungalzsl.py:arch=l14_336")
+    flags.DEFINE_string("devices", "1,8", "comma list of device counts (each compiled in its own process)")
+    flags.DEFINE_enum("fail_over", None, list(DEVICES), "exit non-zero when a step's peak per device exceeds this device")
+    flags.DEFINE_string("out", None, "write the rows as JSON here")
+    flags.DEFINE_enum("preset", None, ["readme"], "readme: every config of the README's table, on 1 and 8 devices")
+    flags.DEFINE_integer("child", 0, "internal: plan in this process, which has this many devices; print JSON")
 
 
 def _config_args(argv: list[str]) -> list[str]:
@@ -330,4 +337,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
