@@ -429,17 +429,35 @@ def load_split(out_dir, split: str) -> dict:
     if split not in info["splits"]:
         raise ConfigError(f"{out} has no features of split {split!r} (has {sorted(info['splits'])})")
     num_shards = info["splits"][split]["num_shards"]
-    records = []
+    num_images = int(info["splits"][split]["num_images"])
+    # One array for the split, filled shard by shard: the peak is the split plus one shard, not
+    # twice the split (a list of every record's tokens, then a stacked copy).
+    tokens = None
+    ids, categories, indices, metadata = [], [], [], []
     for s in range(num_shards):
         path = out / shard_name(split, s, num_shards)
         if not path.exists():
             raise ConfigError(f"{path} is missing: the feature extraction did not finish; run it again (it resumes)")
-        records.extend(read_shard(path))
-    return {"tokens": np.stack([r["tokens"] for r in records]),
-            "observation_id": np.asarray([r["observation_id"] for r in records], np.int64),
-            "category_id": np.asarray([r["category_id"] for r in records], np.int64),
-            "index": np.asarray([r["index"] for r in records], np.int64),
-            "metadata": [r["metadata"] for r in records], "tower": info["tower"], "is_dinov2": info["is_dinov2"],
+        shard = read_shard(path)
+        for r in shard:
+            row = len(ids)
+            if row >= num_images:
+                raise ConfigError(f"{path} holds more images than {INFO_FILE} says split {split!r} has ({num_images})")
+            if tokens is None:
+                tokens = np.empty((num_images,) + r["tokens"].shape, r["tokens"].dtype)
+            tokens[row] = r["tokens"]
+            ids.append(r["observation_id"])
+            categories.append(r["category_id"])
+            indices.append(r["index"])
+            metadata.append(r["metadata"])
+        del shard
+    if len(ids) != num_images:
+        raise ConfigError(f"{out} split {split!r}: {INFO_FILE} says {num_images} images, its shards hold {len(ids)}")
+    return {"tokens": tokens,
+            "observation_id": np.asarray(ids, np.int64),
+            "category_id": np.asarray(categories, np.int64),
+            "index": np.asarray(indices, np.int64),
+            "metadata": metadata, "tower": info["tower"], "is_dinov2": info["is_dinov2"],
             "num_registers": int(info.get("num_registers", 0))}
 
 

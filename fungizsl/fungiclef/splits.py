@@ -129,7 +129,9 @@ def obs_inputs(data: FullData, split: str) -> dict:
     count prior for the metadata baseline."""
     sp = data.splits[split]
     mask = sp.groups >= 0
-    raw = sp.tokens[np.maximum(sp.groups, 0)][..., 0, :].astype(np.float32).mean(2)  # tower CLS, views averaged
+    # The tower's CLS, views averaged, per observation: sliced [N_img, V, D] before the gather by
+    # observation, which would otherwise copy every token ([N_obs, G, V, T, D]) to keep one.
+    raw = sp.tokens[:, :, 0][np.maximum(sp.groups, 0)].astype(np.float32).mean(2)
     train = data.splits["train"]
     return dict(image_mask=mask, labels=sp.obs_labels, observation_ids=sp.obs_ids, poisonous_by_class=data.poisonous,
                 raw_features=raw, train_raw_features=train.tokens[:, :, 0].astype(np.float32).mean(1),
