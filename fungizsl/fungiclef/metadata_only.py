@@ -20,10 +20,8 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from fungizsl import metrics_io, runs
 from fungizsl import workdir as workdir_lib
@@ -32,7 +30,7 @@ from fungizsl.fungiclef import metadata as md
 from fungizsl.fungiclef import metadata_inputs as inputs_lib
 from fungizsl.fungiclef import tables
 from fungizsl.fungiclef.report import HEADLINE, describe_metadata, eval_entries, summarise
-from fungizsl.models.fewshot import FusionClassifier, ResidualFusion
+from fungizsl.models.fewshot import FusionClassifier, ResidualFusion, classifier_parts
 from fungizsl.train import core
 
 
@@ -141,16 +139,7 @@ def make_metadata_task(config, splits: MetadataSplits, mesh) -> core.Task:
     use_prior = config.model.use_prior
     train = splits.arrays["train"]
     example = {k: v[:2] for k, v in _model_inputs(train, use_prior).items()}
-
-    def init_variables(rng):
-        return model.init({"params": rng, "dropout": rng}, example)
-
-    def loss_fn(params, extra, batch, rng):
-        logits = model.apply({"params": params}, _model_inputs(batch, use_prior), train=True,
-                             rngs={"dropout": rng})["logits"]
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-        return loss, ({"train_top1": accuracy}, extra)
+    init_variables, loss_fn = classifier_parts(model, lambda batch: _model_inputs(batch, use_prior), example)
 
     iterator = tables.shuffled_batches(train, config.batch_size, config.data.seed, jax.process_index(),
                                        jax.process_count())

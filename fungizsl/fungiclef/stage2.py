@@ -20,14 +20,13 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fungizsl.evaluate.calibration import log_softmax
 from fungizsl.evaluate.registry import run_evaluators
 from fungizsl.fungiclef import metadata as md
 from fungizsl.fungiclef.report import describe, eval_entries, summarise
 from fungizsl.fungiclef.splits import FullData, SplitData, chunks, grain_iterator, image_to_obs, obs_inputs, pad_rows
-from fungizsl.models.fewshot import FusionClassifier, ResidualFusion
+from fungizsl.models.fewshot import FusionClassifier, ResidualFusion, classifier_parts
 from fungizsl.train import core
 
 
@@ -97,18 +96,7 @@ def stage2_step_parts(config, model, example: dict):
     """(init_variables, loss_fn) of the stage-2 task, `example` a batch (any row count) of the
     builder's keys: what `make_stage2_task` trains, built from shapes alone (the memory planner,
     `fungizsl.bench.plan`, compiles its step without data)."""
-    example = _stage2_inputs(example, config)
-
-    def init_variables(rng):
-        return model.init({"params": rng, "dropout": rng}, example)
-
-    def loss_fn(params, extra, batch, rng):
-        logits = model.apply({"params": params}, _stage2_inputs(batch, config), train=True,
-                             rngs={"dropout": rng})["logits"]
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, ({"train_top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, extra)
-
-    return init_variables, loss_fn
+    return classifier_parts(model, lambda batch: _stage2_inputs(batch, config), example)
 
 
 class Stage2Scorer:

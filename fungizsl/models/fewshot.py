@@ -14,15 +14,18 @@
 * `ResidualFusion`: a `FusionClassifier` plus log-score inputs added to its logits, each with a
   learned scale: the count-based metadata prior (`prior`; the metadata-only model and stage 2)
   and the stage-1 prototype classifier (`proto`; stage 2).
+* `classifier_parts`: how both trainers of these classifiers initialise and train them
+  (dropout key, cross-entropy, the `train_top1` metric).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from fungizsl.models import layers
 from fungizsl.models.qformer import QFormer
@@ -163,3 +166,21 @@ class ResidualFusion(nn.Module):
                 scale = jnp.exp(self.param(f"{name}_log_scale", nn.initializers.zeros, ()))
                 out["logits"] = out["logits"] + scale * jax.nn.log_softmax(batch[name].astype(jnp.float32), -1)
         return out
+
+
+def classifier_parts(model: nn.Module, inputs_of: Callable[[dict], dict], example: dict):
+    """(init_variables, loss_fn) for `fungizsl.train.core.Task` of a classifier whose `apply`
+    returns {"logits": ...}: `inputs_of(batch)` picks the model's inputs from a batch (with
+    "label"), `example` is a batch to initialise from. The loss is the mean cross-entropy with
+    dropout on; the step also reports `train_top1`."""
+    example = inputs_of(example)
+
+    def init_variables(rng):
+        return model.init({"params": rng, "dropout": rng}, example)
+
+    def loss_fn(params, extra, batch, rng):
+        logits = model.apply({"params": params}, inputs_of(batch), train=True, rngs={"dropout": rng})["logits"]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, ({"train_top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, extra)
+
+    return init_variables, loss_fn
