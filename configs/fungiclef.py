@@ -100,14 +100,19 @@ def _full(config, runlocal: bool):
         tower="", image_size=224, keep="tokens", views=("identity", "hflip"), batch_size=64, shard_size=1024,
         small_steps=300, seed=0))
     config.stage1 = ml_collections.ConfigDict(dict(
-        loss="dwcl", width=2048, depth=1, heads=16, dtype="float32", temperature=0.07, aux_weight=1.0,
+        # remat_chunks: the batch is encoded in that many row groups under jax.checkpoint; at the
+        # paper's batch 1024 the step needs 87 GB on one device with 1 and 13 GB with 8 (XLA's
+        # analysis, `python -m fungizsl.bench.plan`), at about 1.34x the model FLOPs
+        loss="dwcl", width=2048, depth=1, heads=16, dtype="float32", remat_chunks=8, temperature=0.07, aux_weight=1.0,
         instances_per_class=4, min_instances=2, view_mixing=True, token_drop=0.25, noise_std=0.1,
         total_steps=3000, batch_size=1024, lr=2e-4, wd=0.05, warmup_steps=100, log_every=50,
         checkpoint_every=500, keep_checkpoints=3, eval_every=500))
     config.stage2 = ml_collections.ConfigDict(dict(
         total_steps=3000, batch_size=256, lr=2e-4, wd=0.05, warmup_steps=100, log_every=50,
         checkpoint_every=1000, keep_checkpoints=3, eval_every=1000,
-        frozen=("fusion/visual_encoder/.*",)))  # () tunes stage 1 too
+        frozen=("fusion/visual_encoder/.*",),  # () tunes stage 1 too
+        encode_once=True,  # frozen stage 1: its output tokens are computed once, not at every step
+        encoded_dir=""))  # where they are kept (memory-mapped) meanwhile; "": the system's temporary folder
     m = config.model
     m.use_visual = True
     m.use_text = True
@@ -133,7 +138,7 @@ def _full(config, runlocal: bool):
         config.features.image_size = 64
         config.features.shard_size = 256
         s1 = config.stage1
-        s1.update(width=128, heads=16, total_steps=300, batch_size=128, lr=1e-3, warmup_steps=20,
+        s1.update(width=128, heads=16, remat_chunks=1, total_steps=300, batch_size=128, lr=1e-3, warmup_steps=20,
                   log_every=50, checkpoint_every=100, eval_every=100)
         s2 = config.stage2
         s2.update(total_steps=300, batch_size=128, lr=1e-3, warmup_steps=20, log_every=50,

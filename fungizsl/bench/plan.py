@@ -20,8 +20,9 @@ The steps (`plan_steps`):
   evaluator's image + caption embedding step (`fungalzsl.trainer.make_encoder`) at its eval batch.
 * FungiCLEF (`configs/fungiclef.py`, the full system) at the paper's sizes: `stage1` and
   `stage2` train steps (the tasks' own parts, `stage1_step_parts` / `stage2_step_parts`, through
-  `core.build`), their scoring steps `stage1_eval` / `stage2_eval` (chunks of 256, as the
-  scorers run them; the trainers hand them host arrays, so the chunk is whole on every device),
+  `core.build`; stage 2 on the frozen encoder's tokens when the config computes them once,
+  `stage1_tokens` being that step), their scoring steps `stage1_eval` / `stage2_eval` (chunks of
+  256, as the scorers run them; the trainers hand them host arrays, so the chunk is whole on every device),
   and the feature extraction `extract_dinov2_b14` / `extract_dinov2_l14` (`features.embed_fn`,
   the batch split over the devices). Shapes the data would give (`FUNGICLEF_PAPER`): 2,427
   species, DINOv2 tokens at 224 px (257 of width 1024 for L/14), the metadata fields' vocabulary
@@ -179,9 +180,16 @@ def fungiclef_steps(config, devices) -> list[Step]:
     rows = _spec((chunk,) + tokens, jnp.float16, whole)
     steps.append(_step("stage1_eval", stage1.embedding_fn(model1), (_variables(trainable)["params"], rows), rows))
 
+    encoded = stage2.reads_encoded_tokens(config)
+    if encoded:  # stage 2 reads the frozen encoder's tokens, computed once by this step
+        params1 = _variables(trainable)["params"]
+        steps.append(_step("stage1_tokens", stage1.tokens_fn(model1), (params1, rows), rows))
+        tokens = (tokens[0] + 1, c1.stage1.width)
+
     c2 = full.stage_config(config, "stage2")
+    c2.optim.frozen = stage2.trained_patterns(c2.optim.frozen, encoded)
     mesh = mesh_for(c2, devices)
-    model2 = stage2.stage2_model_for(c2, p["num_classes"], p["field_sizes"])
+    model2 = stage2.stage2_model_for(c2, p["num_classes"], p["field_sizes"], encoded)
     example = {k: jnp.zeros(s, d) for k, (s, d) in _stage2_batch(c2, 2, tokens).items()}
     init2, loss2 = stage2.stage2_step_parts(c2, model2, example)
     trainable = core.build(c2, _task("fungiclef_stage2", init2, loss2), mesh)

@@ -61,6 +61,16 @@ def poison_flags(poisonous) -> np.ndarray:
     return flags.astype(np.int64) if flags.dtype == bool else np.where(flags < 0, -1, flags).astype(np.int64)
 
 
+def flags_of(poisonous, classes) -> np.ndarray:
+    """The flags (`poison_flags`) of class indices; a class outside the table (a species only
+    the evaluation labels name: the label space comes from the training labels) is unknown, -1."""
+    flags, classes = poison_flags(poisonous), np.asarray(classes).astype(np.int64)
+    out = np.full(classes.shape, -1, np.int64)
+    inside = (classes >= 0) & (classes < len(flags))
+    out[inside] = flags[classes[inside]]
+    return out
+
+
 def is_poisonous(poisonous) -> np.ndarray:
     """bool [C] for the decision rule: an unknown flag (-1) counts as edible."""
     return poison_flags(poisonous) == 1
@@ -74,11 +84,11 @@ def poison_costs(labels, predictions, poisonous, poisonous_as_edible: float = 10
     trainers' `poison_cost` and the decision metrics both come from here.
 
     `poisonous` [C] is a bool table or 1 / 0 / -1 per class (see `poison_flags`). Unknown flags:
-    an observation whose true or predicted species has an unknown flag (-1) adds to neither count
+    an observation whose true or predicted species has an unknown flag (-1, or a class outside
+    the table) adds to neither count
     (whether the answer is harmful cannot be told), and it still counts in N."""
     y, p = np.asarray(labels).astype(np.int64), np.asarray(predictions).astype(np.int64)
-    flags = poison_flags(poisonous)
-    true_p, pred_p = flags[y], flags[p]
+    true_p, pred_p = flags_of(poisonous, y), flags_of(poisonous, p)
     known = (true_p >= 0) & (pred_p >= 0)
     psc = int(np.sum(known & (true_p == 1) & (pred_p == 0)))
     esc = int(np.sum(known & (true_p == 0) & (pred_p == 1)))

@@ -9,8 +9,10 @@ Contrastive Representation Learning and Multimodal Fusion", 2nd place), `configs
   every split, grouped by observation with its metadata inputs, comes from `splits.py`.
 * Stage 1 (`workdir/stage1`): DWCL over the tokens on class-balanced batches; selected on
   validation Top-5 of a prototype classifier over its embeddings.
-* Stage 2 (`workdir/stage2`): the Q-Former fusion of the stage-1 tokens and the metadata, whose
-  visual encoder starts from the selected stage-1 weights; optionally the count prior and the
+* Stage 2 (`workdir/stage2`): the Q-Former fusion of the stage-1 tokens and the metadata: with
+  stage 1 frozen (the default) its encoder's output tokens are computed once into a local
+  temporary folder (`config.stage2.encoded_dir`, default the system's) and read by every step;
+  tuned, the visual encoder inside starts from the selected stage-1 weights; optionally the count prior and the
   stage-1 prototype scores added to the logits. Scored per observation beside the organisers'
   baselines on the raw features and the metadata prior alone.
 * Ensemble: the soft (or hard) vote of the stage-2 checkpoints kept at `ensemble_steps` (the paper
@@ -22,6 +24,7 @@ headline (stage 2 on test), the baselines, stage 1, the ensemble and the timings
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 import ml_collections
@@ -33,8 +36,9 @@ from fungizsl.evaluate import observations as obs_lib
 from fungizsl.fungiclef import features as feat_lib
 from fungizsl.fungiclef.report import HEADLINE, format_table
 from fungizsl.fungiclef.splits import SPLITS, FullData, load_data
-from fungizsl.fungiclef.stage1 import embedding_fn, make_stage1_task, stage1_model, stage1_prototype_scores
-from fungizsl.fungiclef.stage2 import make_stage2_task
+from fungizsl.fungiclef.stage1 import (embedding_fn, make_stage1_task, stage1_model, stage1_prototype_scores,
+                                       stage1_tokens, tokens_fn)
+from fungizsl.fungiclef.stage2 import make_stage2_task, reads_encoded_tokens, trained_patterns
 from fungizsl.train import checkpoint, core
 
 
@@ -131,12 +135,22 @@ def train_and_evaluate(config, workdir) -> dict:
             stage1_prototype_scores(embedding_fn(stage1_model(c1, data)), stage1_params, data)
         timings["stage1_s"] = round(time.perf_counter() - start, 1)
 
+    encoded = None  # the frozen stage-1 encoder's tokens, computed once (removed with this object)
+    if stage1_params is not None and reads_encoded_tokens(config):
+        start = time.perf_counter()
+        encoded = tempfile.TemporaryDirectory(prefix="fungizsl-stage1-tokens-",
+                                              dir=config.stage2.get("encoded_dir") or None)
+        stage1_tokens(tokens_fn(stage1_model(c1, data)), stage1_params, data, encoded.name)
+        timings["stage1_tokens_s"] = round(time.perf_counter() - start, 1)
+
     start = time.perf_counter()
     c2 = stage_config(config, "stage2")
     if stage1_params is None:
         c2.optim.frozen = ()
+    else:
+        c2.optim.frozen = trained_patterns(c2.optim.frozen, encoded is not None)
     mesh = core.make_mesh(c2)
-    task, scorer = make_stage2_task(c2, data, stage1_params)
+    task, scorer = make_stage2_task(c2, data, None if encoded is not None else stage1_params)
     stage2 = core.run(c2, workdir / "stage2", task, mesh)
     timings["stage2_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()

@@ -50,11 +50,12 @@ def build_metadata_splits(config, train_table: tables.ObservationTable, eval_tab
                           num_classes: int | None = None) -> MetadataSplits:
     """Inputs of the train / val (temporal hold-out of the training CSV) / test (eval CSV) splits;
     `train_on_all` trains on every training observation (the refit after selection).
-    `num_classes` (default: 1 + the largest label of both CSVs) is given when a trained model
+    `num_classes` (default: 1 + the largest label of the training CSV: a species only the
+    evaluation CSV names gets no output) is given when a trained model
     scores another CSV (`fungiclef/scoring.py`): the model's class count wins."""
     d, m = config.data, config.model
     if num_classes is None:
-        num_classes = int(max(train_table.labels.max(), eval_table.labels.max())) + 1
+        num_classes = int(train_table.labels.max()) + 1
     train_pos, val_pos = tables.temporal_holdout(train_table, d.holdout_years)
     split_tables = {"train": train_table if train_on_all else train_table.subset(train_pos),
                     "val": train_table.subset(val_pos), "test": eval_table}

@@ -129,7 +129,7 @@ def open_run(spec: str) -> FungiClefRun:
     step = step if step is not None else _summary_step(stage2_dir, spec)
     config = _read_config(stage2_dir)
     stage1_ckpt = None
-    if config.model.use_visual and config.model.get("use_stage1_prototypes", False) and config.stage1.total_steps > 0:
+    if config.model.use_visual and config.stage1.total_steps > 0:  # prototype scores, frozen-encoder tokens
         stage1_ckpt = root / "stage1" / "checkpoints" / str(_summary_step(root / "stage1", spec))
     return FungiClefRun(spec, root, system, config, stage2_dir / "checkpoints" / str(step), step,
                         stage1_checkpoint=stage1_ckpt)
@@ -333,9 +333,16 @@ def score_full_run(run: FungiClefRun, csv_path: str, features: str = "", feature
     if calibrate and has_val:  # the run's own validation split: where the temperature is fitted
         loaded["run_val"] = feat_lib.load_split(run_cache, "val")
     data = splits.data_from_splits(config, loaded, show_progress, num_classes=_num_classes(params))
-    if run.stage1_checkpoint is not None:
-        stage1.stage1_prototype_scores(stage1.embedding_fn(stage1.stage1_model(config, data)),
-                                       checkpoint.load_params(run.stage1_checkpoint), data)
+    stage1_params = checkpoint.load_params(run.stage1_checkpoint) if run.stage1_checkpoint is not None else None
+    if stage1_params is not None and config.model.get("use_stage1_prototypes", False):
+        stage1.stage1_prototype_scores(stage1.embedding_fn(stage1.stage1_model(config, data)), stage1_params, data)
+    encoded = None
+    if config.model.use_visual and "visual_encoder" not in params["fusion"]:  # trained on the frozen encoder's tokens
+        if stage1_params is None:
+            raise ConfigError(f"{run.root}: stage 2 was trained on the frozen stage-1 encoder's tokens, but the run "
+                              f"has no stage-1 checkpoint to compute them with")
+        encoded = tempfile.TemporaryDirectory(prefix="fungizsl-stage1-tokens-")
+        stage1.stage1_tokens(stage1.tokens_fn(stage1.stage1_model(config, data)), stage1_params, data, encoded.name)
     scorer = stage2.Stage2Scorer(config, stage2.stage2_model(config, data), data)
     ev, train = data.splits["eval"], data.splits["train"]
     cal, missing = None, "" if not calibrate else f"the run's feature cache {run_cache} has no val split"

@@ -39,6 +39,13 @@ class SplitData:
     records: list  # metadata dict per observation
     inputs: dict  # per-observation metadata model inputs
     image_inputs: dict = dataclasses.field(default_factory=dict)  # per-image inputs (stage-1 prototype scores)
+    encoded: np.ndarray | None = None  # float16 [N_img, V, 1 + T, W]: the frozen stage-1 encoder's tokens
+
+    @property
+    def stage2_tokens(self) -> np.ndarray:
+        """What stage 2 reads per image and view: the frozen stage-1 encoder's output tokens when
+        they were computed (`stage1.stage1_tokens`), else the tower's tokens."""
+        return self.tokens if self.encoded is None else self.encoded
 
 
 @dataclasses.dataclass
@@ -75,8 +82,8 @@ def load_data(config, features_dir, show_progress: bool = True) -> FullData:
 
 def data_from_splits(config, loaded: dict, show_progress: bool = True, num_classes: int | None = None) -> FullData:
     """Model inputs of every split in `loaded` ({split: `features.load_split` dict}; "train" is
-    required: the vocabulary, the prior and the prototypes come from it). `num_classes` (default:
-    1 + the largest label) is given when a trained model scores new data (`fungiclef/scoring.py`)."""
+    required: the vocabulary, the prior, the prototypes and the label space come from it).
+    `num_classes` (default: 1 + the largest training label) is given when a trained model scores new data (`fungiclef/scoring.py`)."""
     d, m = config.data, config.model
     splits = {}
     for s, x in loaded.items():
@@ -84,8 +91,8 @@ def data_from_splits(config, loaded: dict, show_progress: bool = True, num_class
         splits[s] = SplitData(x["tokens"], image_obs, x["category_id"].astype(np.int64), obs_ids, obs_labels,
                               groups, records, {})
     train = splits["train"]
-    if num_classes is None:
-        num_classes = int(max(sp.labels.max() for sp in splits.values())) + 1
+    if num_classes is None:  # the training labels only: a species seen only in val/test has no output
+        num_classes = int(train.labels.max()) + 1
     table = tables.ObservationTable(train.records, train.obs_ids, train.obs_labels)
     vocab = md.FieldVocab.build(train.records, tuple(d.fields))
     prior = inputs_lib.fit_prior(config, num_classes, table)

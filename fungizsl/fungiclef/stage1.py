@@ -17,10 +17,16 @@ the cached tower tokens. The loss of one step, on the global batch drawn by
 
 Checkpoints are selected on validation Top-5 of a prototype classifier over the embeddings (each
 class's mean training embedding). `stage1_prototype_scores` gives stage 2 that classifier's
-scores as an input.
+scores as an input, and `stage1_tokens` the frozen encoder's output tokens, computed once.
+
+Memory at the paper's sizes (batch 1024 x 258 tokens x width 2048): `config.stage1.remat_chunks`
+groups of rows are encoded one after another under `jax.checkpoint` (`chunked_embeddings`), so
+the backward pass holds one group's activations at a time; `fungizsl.bench.plan` measures it.
 """
 
 from __future__ import annotations
+
+import os
 
 import grain
 import jax
@@ -53,21 +59,39 @@ def augment_tokens(tokens, augmented, rng, token_drop: float = 0.25, noise_std: 
     return tokens, token_mask
 
 
+def chunked_embeddings(encode, tokens, token_mask, chunks: int = 1):
+    """`encode(tokens, token_mask)` -> [B, D] computed `chunks` row groups at a time, each under
+    `jax.checkpoint`: the backward pass recomputes one group's activations at a time instead of
+    keeping the whole batch's (the encoder's temporaries shrink `chunks`-fold; the contrastive loss
+    still sees every embedding of the batch at once). Group j holds rows j, j + chunks, ...: a
+    batch split over devices stays split the same way inside every group."""
+    if chunks <= 1:
+        return encode(tokens, token_mask)
+    b = tokens.shape[0]
+    if b % chunks:
+        raise ValueError(f"stage-1 batch {b} is not divisible by remat_chunks {chunks}")
+    split = lambda x: x.reshape((b // chunks, chunks) + x.shape[1:]).swapaxes(0, 1)
+    emb = jax.lax.map(jax.checkpoint(lambda xs: encode(*xs)), (split(tokens), split(token_mask)))
+    return emb.swapaxes(0, 1).reshape((b,) + emb.shape[2:])
+
+
 def make_stage1_loss(model, loss: str = "dwcl", temperature: float = 0.07, aux_weight: float = 1.0,
                      min_positives: int = 1, token_drop: float = 0.25, noise_std: float = 0.1,
-                     first_kept: int = 1):
+                     first_kept: int = 1, remat_chunks: int = 1):
     if loss not in ("dwcl", "supcon"):
         raise ValueError(f"stage-1 loss must be 'dwcl' or 'supcon', got {loss!r}")
 
     def loss_fn(params, extra, batch, rng):
         tokens, token_mask = augment_tokens(batch["tokens"].astype(jnp.float32), batch["augmented"], rng,
                                             token_drop, noise_std, first_kept)
-        out = model.apply({"params": params}, tokens, token_mask)
+        encode = lambda t, m: model.apply({"params": params}, t, m, method=Stage1Model.encode)["embedding"]
+        embedding = chunked_embeddings(encode, tokens, token_mask, remat_chunks)
+        aux_logits = model.apply({"params": params}, embedding, method=Stage1Model.aux)
         valid = batch["valid"].astype(bool)
         labels = batch["label"]
-        weights = losses.entropy_weights(out["aux_logits"]) if loss == "dwcl" else None
-        contrastive, m = losses.dwcl_loss(out["embedding"], labels, weights, valid, temperature, min_positives)
-        ce = optax.softmax_cross_entropy_with_integer_labels(out["aux_logits"], jnp.maximum(labels, 0))
+        weights = losses.entropy_weights(aux_logits) if loss == "dwcl" else None
+        contrastive, m = losses.dwcl_loss(embedding, labels, weights, valid, temperature, min_positives)
+        ce = optax.softmax_cross_entropy_with_integer_labels(aux_logits, jnp.maximum(labels, 0))
         aux = jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(valid.sum(), 1)
         metrics = {"contrastive": contrastive, "aux_ce": aux, "num_anchors": m["num_anchors"],
                    "mean_weight": m["mean_weight"]}
@@ -127,13 +151,40 @@ def stage1_step_parts(config, num_classes: int, token_shape: tuple, first_kept: 
     model = stage1_model_for(config, num_classes)
     example = jnp.zeros((2,) + tuple(token_shape), jnp.float32)
     loss_fn = make_stage1_loss(model, s.loss, s.temperature, s.aux_weight, token_drop=s.token_drop,
-                               noise_std=s.noise_std, first_kept=first_kept)
+                               noise_std=s.noise_std, first_kept=first_kept,
+                               remat_chunks=s.get("remat_chunks", 1))
     return model, (lambda rng: model.init(rng, example)), loss_fn
 
 
 def embedding_fn(model: Stage1Model):
     """jitted (params, tokens) -> the model's CLS embedding."""
     return jax.jit(lambda p, x: model.apply({"params": p}, x.astype(jnp.float32))["embedding"])
+
+
+def tokens_fn(model: Stage1Model):
+    """jitted (params, tokens) -> the encoder's output tokens [B, 1 + T, width], float16: what
+    stage 2 reads when stage 1 stays frozen (`stage1_tokens`)."""
+    encode = lambda p, x: model.apply({"params": p}, x.astype(jnp.float32), method=Stage1Model.encode)["tokens"]
+    return jax.jit(lambda p, x: encode(p, x).astype(jnp.float16))
+
+
+def stage1_tokens(apply, params, data: FullData, folder, batch: int = 256) -> None:
+    """Sets `encoded` of every split: the frozen stage-1 encoder's output tokens of every image
+    and view [N, V, 1 + T, width] (float16), computed once here so stage 2 trains and scores
+    without the encoder (no forward, no backward through it at every step). Each split is a
+    memory-mapped .npy in `folder` (a local temporary folder: at the paper's sizes the training
+    split alone is 7,819 x 2 views x 258 x 2048 x 2 bytes = 16.5 GB), filled chunk by chunk."""
+    folder = os.fspath(folder)
+    for name, sp in data.splits.items():
+        n, v = sp.tokens.shape[:2]
+        flat = sp.tokens.reshape((n * v,) + sp.tokens.shape[2:])
+        first = np.asarray(apply(params, pad_rows(flat[:1], 1)))
+        out = np.lib.format.open_memmap(os.path.join(folder, f"{name}.npy"), mode="w+", dtype=np.float16,
+                                        shape=(n * v,) + first.shape[1:])
+        for a, b in chunks(len(flat), batch):
+            out[a:b] = np.asarray(apply(params, pad_rows(flat[a:b], batch)))[:b - a]
+        out.flush()
+        sp.encoded = out.reshape((n, v) + first.shape[1:])
 
 
 def stage1_embeddings(apply, params, tokens: np.ndarray, batch: int = 256) -> np.ndarray:

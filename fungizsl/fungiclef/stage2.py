@@ -1,9 +1,10 @@
 """Stage 2 of the full FungiCLEF 2025 system (Lu et al., sec. 3.3): image tokens and metadata
 fused by a Q-Former, classified with cross-entropy.
 
-The model (`stage2_model`) is a `models.fewshot.FusionClassifier` whose visual encoder starts
-from the selected stage-1 weights (frozen or tuned, `config.stage2.frozen`), a Q-Former over its
-tokens and the metadata tokens (BERT states of the paper's sentence, field embeddings, numeric
+The model (`stage2_model`) is a `models.fewshot.FusionClassifier`: the stage-1 tokens (with stage
+1 frozen, the default, its encoder's output tokens computed once, `reads_encoded_tokens`; tuned,
+the encoder inside, starting from the selected stage-1 weights), a Q-Former over them and the
+metadata tokens (BERT states of the paper's sentence, field embeddings, numeric
 features) and a linear classifier; wrapped in a `ResidualFusion` that adds, with learned scales,
 the count prior's log-probabilities (`use_prior`) and the stage-1 prototype scores
 (`use_stage1_prototypes`) to the logits.
@@ -15,6 +16,8 @@ observation.
 """
 
 from __future__ import annotations
+
+import re
 
 import grain
 import jax
@@ -28,6 +31,8 @@ from fungizsl.fungiclef.report import describe, eval_entries, summarise
 from fungizsl.fungiclef.splits import FullData, SplitData, chunks, grain_iterator, image_to_obs, obs_inputs, pad_rows
 from fungizsl.models.fewshot import FusionClassifier, ResidualFusion, classifier_parts
 from fungizsl.train import core
+
+ENCODER_PATH = "fusion/visual_encoder/proj/kernel"  # a parameter of the stage-1 encoder inside stage 2
 
 
 class Stage2Batch(grain.transforms.Map):
@@ -51,9 +56,10 @@ class Stage2Batch(grain.transforms.Map):
         local = self.batch_size // pc
         rows = rows[pi * local:(pi + 1) * local]
         rng = np.random.default_rng([self.seed, int(step), 2])
-        views = rng.integers(0, self.data.tokens.shape[1], len(rows))
+        tokens = self.data.stage2_tokens
+        views = rng.integers(0, tokens.shape[1], len(rows))
         obs = self.data.image_obs[rows]
-        batch = {"tokens": self.data.tokens[rows, views], "label": self.data.labels[rows].astype(np.int32)}
+        batch = {"tokens": tokens[rows, views], "label": self.data.labels[rows].astype(np.int32)}
         batch.update({k: v[obs] for k, v in self.data.inputs.items() if k != "sentence"})
         batch.update({k: v[rows] for k, v in self.data.image_inputs.items()})
         if "sentence" in self.data.inputs:
@@ -62,11 +68,30 @@ class Stage2Batch(grain.transforms.Map):
         return batch
 
 
+def reads_encoded_tokens(config) -> bool:
+    """Whether stage 2 reads the frozen stage-1 encoder's output tokens, computed once
+    (`stage1.stage1_tokens`), instead of running the encoder at every step: a visual model whose
+    stage 1 is trained and stays frozen in stage 2 (`config.stage2.frozen` names the encoder),
+    unless `config.stage2.encode_once` is False."""
+    s2 = config.stage2
+    frozen = any(re.fullmatch(p, ENCODER_PATH) for p in s2.get("frozen", ()))
+    return bool(config.model.use_visual and config.stage1.total_steps > 0 and frozen and s2.get("encode_once", True))
+
+
+def trained_patterns(frozen, encoded: bool) -> tuple[str, ...]:
+    """`config.stage2.frozen` for a model without the encoder (`encoded`): its patterns dropped,
+    since they would match no parameter."""
+    return tuple(p for p in frozen if not (encoded and re.fullmatch(p, ENCODER_PATH)))
+
+
 def stage2_model(config, data: FullData) -> ResidualFusion:
-    return stage2_model_for(config, data.num_classes, data.field_sizes)
+    encoded = data.splits["train"].encoded is not None
+    return stage2_model_for(config, data.num_classes, data.field_sizes, encoded)
 
 
-def stage2_model_for(config, num_classes: int, field_sizes: tuple[int, ...]) -> ResidualFusion:
+def stage2_model_for(config, num_classes: int, field_sizes: tuple[int, ...], encoded: bool = False) -> ResidualFusion:
+    """The stage-2 model; `encoded`: its visual input is the frozen stage-1 encoder's output
+    tokens (no encoder inside)."""
     m, s = config.model, config.stage1
     fusion = FusionClassifier(
         num_classes=num_classes, use_visual=m.use_visual, use_text=m.use_text,
@@ -74,7 +99,7 @@ def stage2_model_for(config, num_classes: int, field_sizes: tuple[int, ...]) -> 
         num_numeric=len(md.NUMERIC_FEATURES) if m.use_numeric else 0,
         encoder_width=s.width, encoder_depth=s.depth, encoder_heads=s.heads,
         width=m.qformer_width, depth=m.qformer_depth, num_heads=m.qformer_heads, num_queries=m.num_queries,
-        dropout=m.dropout, dtype=m.dtype)
+        dropout=m.dropout, dtype=m.dtype, encoded_tokens=encoded)
     return ResidualFusion(fusion, ("prior", "proto"))
 
 
@@ -108,13 +133,14 @@ class Stage2Scorer:
 
     def image_logits(self, params, split: str, batch: int = 256) -> np.ndarray:
         sp = self.data.splits[split]
-        n, v = sp.tokens.shape[:2]
+        tokens = sp.stage2_tokens
+        n, v = tokens.shape[:2]
         out = np.zeros((n, self.data.num_classes), np.float64)
         for view in range(v):
             for a, b in chunks(n, batch):
                 rows = np.arange(a, b)
                 obs = sp.image_obs[rows]
-                chunk = {"tokens": sp.tokens[rows, view]}
+                chunk = {"tokens": tokens[rows, view]}
                 chunk.update({k: x[obs] for k, x in sp.inputs.items() if k != "sentence"})
                 chunk.update({k: x[rows] for k, x in sp.image_inputs.items()})
                 if "sentence" in sp.inputs:
@@ -130,7 +156,8 @@ class Stage2Scorer:
 
 def make_stage2_task(config, data: FullData, stage1_params=None) -> tuple[core.Task, Stage2Scorer]:
     """(the core's task of stage 2, the scorer of its checkpoints); `stage1_params` (the selected
-    stage-1 model) replace the visual encoder's initial weights."""
+    stage-1 model) replace the visual encoder's initial weights (none when the splits carry the
+    frozen encoder's tokens: the model then has no encoder)."""
     model = stage2_model(config, data)
     train = data.splits["train"]
     iterator = grain_iterator(Stage2Batch(train, data.text_states, data.text_mask, config.batch_size,
@@ -143,7 +170,7 @@ def make_stage2_task(config, data: FullData, stage1_params=None) -> tuple[core.T
 
     def load_variables():
         variables = jax.device_get(jax.jit(init_variables)(jax.random.key(config.seed)))
-        if stage1_params is not None and config.model.use_visual:
+        if stage1_params is not None and config.model.use_visual and train.encoded is None:
             params = dict(variables["params"])
             fusion = dict(params["fusion"])
             fusion["visual_encoder"] = jax.tree.map(np.asarray, stage1_params["encoder"])

@@ -6,7 +6,8 @@
   Dynamic Weighting Contrastive Loss; its token outputs feed stage 2. `token_mask` drops tokens
   (feature-level augmentation; padding). `CosineClassifier` is the auxiliary head whose softmax
   gives the p_i of DWCL's entropy weight.
-* `FusionClassifier` (stage 2): the stage-1 tokens (a `TokenEncoder` inside, frozen or tuned),
+* `FusionClassifier` (stage 2): the stage-1 tokens (a `TokenEncoder` inside when it is tuned; with
+  `encoded_tokens` the frozen encoder's outputs, computed once, come in the batch),
   metadata tokens (BERT token states of the rendered sentence, and/or one embedding per categorical
   field plus a projection of numeric features) and a `QFormer`; the mean of the query outputs goes
   to a linear classifier trained with cross-entropy. Either modality may be absent: `use_visual`
@@ -83,11 +84,15 @@ class Stage1Model(nn.Module):
 
     def __call__(self, tokens, token_mask=None):
         out = self.encoder(tokens, token_mask)
-        out["aux_logits"] = self.aux_classifier(jax.lax.stop_gradient(out["embedding"]))
+        out["aux_logits"] = self.aux(out["embedding"])
         return out
 
     def encode(self, tokens, token_mask=None):
         return self.encoder(tokens, token_mask)
+
+    def aux(self, embedding):
+        """The auxiliary logits of embeddings (the gradient stops at the embedding)."""
+        return self.aux_classifier(jax.lax.stop_gradient(embedding))
 
 
 class FusionClassifier(nn.Module):
@@ -105,14 +110,19 @@ class FusionClassifier(nn.Module):
     num_queries: int = 8
     dropout: float = 0.1
     dtype: str = "float32"
+    # True: batch["tokens"] are already the visual encoder's output tokens [B, 1 + T, encoder_width]
+    # (stage 2 with stage 1 frozen: no encoder here, no backward pass through it)
+    encoded_tokens: bool = False
 
     @nn.compact
     def __call__(self, batch: dict, train: bool = False) -> dict[str, jax.Array]:
         memories, masks = {}, {}
         if self.use_visual:
-            enc = TokenEncoder(self.encoder_width, self.encoder_depth, self.encoder_heads, dtype=self.dtype,
-                               name="visual_encoder")(batch["tokens"], batch.get("token_mask"))
-            visual = enc["tokens"]
+            if self.encoded_tokens:  # the frozen stage-1 encoder's outputs, computed once beforehand
+                visual = batch["tokens"].astype(self.dtype)
+            else:
+                visual = TokenEncoder(self.encoder_width, self.encoder_depth, self.encoder_heads, dtype=self.dtype,
+                                      name="visual_encoder")(batch["tokens"], batch.get("token_mask"))["tokens"]
             memories["visual"] = nn.Dense(self.width, dtype=self.dtype, name="visual_proj")(visual)
             vmask = jnp.ones(visual.shape[:2], bool)
             if "token_mask" in batch:
