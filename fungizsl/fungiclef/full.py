@@ -15,8 +15,11 @@ Contrastive Representation Learning and Multimodal Fusion", 2nd place), `configs
   tuned, the visual encoder inside starts from the selected stage-1 weights; optionally the count prior and the
   stage-1 prototype scores added to the logits. Scored per observation beside the organisers'
   baselines on the raw features and the metadata prior alone.
-* Ensemble: the soft (or hard) vote of the stage-2 checkpoints kept at `ensemble_steps` (the paper
-  votes epochs 50/100/150), scored on val and test, with its own Kaggle submission.
+* Ensemble (`ensemble.py`): the soft (or hard) vote of the stage-2 checkpoints kept at
+  `ensemble_steps`, or (`ensemble_runs`, the `paper` preset) the weighted vote of separately
+  trained stage-2 runs at 50/100/150 epochs; scored on val and test, with its own Kaggle
+  submission. Stages given in `epochs` get their steps from the training split
+  (`ensemble.resolve_epochs`).
 
 Selection is on `val`; `test` is scored once per stage. `summary.json` in the workdir holds the
 headline (stage 2 on test), the baselines, stage 1, the ensemble and the timings.
@@ -32,50 +35,14 @@ import ml_collections
 from fungizsl import metrics_io, runs
 from fungizsl import workdir as workdir_lib
 from fungizsl.errors import ConfigError
-from fungizsl.evaluate import observations as obs_lib
+from fungizsl.fungiclef import ensemble as ensemble_lib
 from fungizsl.fungiclef import features as feat_lib
 from fungizsl.fungiclef.report import HEADLINE, format_table
-from fungizsl.fungiclef.splits import SPLITS, FullData, load_data
+from fungizsl.fungiclef.splits import SPLITS, load_data
 from fungizsl.fungiclef.stage1 import (embedding_fn, make_stage1_task, stage1_model, stage1_prototype_scores,
                                        stage1_tokens, tokens_fn)
 from fungizsl.fungiclef.stage2 import make_stage2_task, reads_encoded_tokens, trained_patterns
 from fungizsl.train import checkpoint, core
-
-
-def ensemble(config, workdir, task, scorer, data: FullData, mesh) -> dict:
-    """Soft vote of the kept stage-2 checkpoints listed in `config.ensemble_steps` (all kept when
-    empty), scored on val and test."""
-    ckpt = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints)
-    kept = sorted(ckpt.all_steps())
-    steps = [s for s in (config.ensemble_steps or kept) if s in kept]
-    if len(steps) < 2:
-        ckpt.close()
-        return {"members": steps, "note": "fewer than 2 kept checkpoints; no ensemble"}
-    trainable = core.build(config, task, mesh)
-    abstract = core.sharded_abstract(trainable)
-    member = {"val": [], "test": []}
-    for step in steps:
-        params = ckpt.restore(abstract, None, step=step)["params"]
-        for split in member:
-            member[split].append(scorer.obs_logits(params, split))
-    ckpt.close()
-    out = {"members": steps, "kind": config.get("ensemble_kind", "soft"),
-           "weights": list(config.get("ensemble_weights", ())) or "equal"}
-    for split, logits in member.items():
-        sp = data.splits[split]
-        mask = sp.groups >= 0
-        pooled = [obs_lib.pool_observations(lg, mask, config.evals.fungiclef.get("pooling", "mean")) for lg in logits]
-        weights = tuple(config.get("ensemble_weights", ())) or None
-        if weights is not None and len(weights) != len(steps):
-            raise ConfigError(f"config.ensemble_weights {weights} must give one weight per member {steps}")
-        votes = obs_lib.weighted_vote(pooled, weights, kind=config.get("ensemble_kind", "soft"))
-        labelled = sp.obs_labels >= 0
-        if labelled.any():
-            out[split] = obs_lib.observation_metrics(votes[labelled], sp.obs_labels[labelled], (1, 5, 10),
-                                                     data.poisonous)
-        if split == "test" and workdir_lib.is_main():
-            obs_lib.write_submission(workdir_lib.as_path(workdir) / "submission_test_ensemble.csv", sp.obs_ids, votes)
-    return out
 
 
 def stage_config(config, stage: str):
@@ -118,6 +85,7 @@ def train_and_evaluate(config, workdir) -> dict:
     timings["features_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     data = load_data(config, features_dir, show)
+    ensemble_lib.resolve_epochs(config, data)  # stages given in epochs (the paper preset): their steps
     timings["load_and_text_s"] = round(time.perf_counter() - start, 1)
     if show:
         print(f"FungiCLEF features: {data.tower}; " + ", ".join(
@@ -154,7 +122,10 @@ def train_and_evaluate(config, workdir) -> dict:
     stage2 = core.run(c2, workdir / "stage2", task, mesh)
     timings["stage2_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
-    ens = ensemble(c2, workdir / "stage2", task, scorer, data, mesh) if config.ensemble else {}
+    ens = ensemble_lib.run_ensemble(  # checkpoints of stage2/, or separately trained runs (ensemble_runs)
+        config, c2, workdir, task, scorer, data, mesh, stage2,
+        lambda c: make_stage2_task(c, data, None if encoded is not None else stage1_params)[0],
+    ) if config.ensemble else {}
     timings["ensemble_s"] = round(time.perf_counter() - start, 1)
 
     summary = {k: stage2.get(k) for k in HEADLINE}
@@ -168,7 +139,10 @@ def train_and_evaluate(config, workdir) -> dict:
                              "pooling": config.evals.fungiclef.get("pooling", "mean"),
                              "use_visual": config.model.use_visual, "use_text": config.model.use_text,
                              "use_prior": config.model.use_prior,
-                             "use_stage1_prototypes": config.model.use_stage1_prototypes})
+                             "use_stage1_prototypes": config.model.use_stage1_prototypes,
+                             "fusion": config.model.get("fusion", "cross"), "preset": config.get("preset", "full"),
+                             "stage2_reads_encoded_tokens": reads_encoded_tokens(config),
+                             "stage1_remat_chunks": config.stage1.get("remat_chunks", 1)})
     if show:
         metrics_io.write_json(workdir / runs.SUMMARY_FILE, summary)
         print(format_table(summary), flush=True)

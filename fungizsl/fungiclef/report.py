@@ -64,7 +64,7 @@ def format_table(summary: dict) -> str:
         rows.append(("stage 1 only (prototype over DWCL embeddings)", summary["stage1"]))
     ens = summary.get("ensemble") or {}
     if "test" in ens:
-        rows.append((f"ensemble of steps {ens['members']}", ens["test"]))
+        rows.append((ens.get("label") or f"ensemble of steps {ens['members']}", ens["test"]))
     names = {"nearest_neighbour": "baseline: nearest neighbour on raw features",
              "prototype": "baseline: prototype on raw features", "metadata": "baseline: metadata prior only"}
     base = summary.get("baselines") or {}

@@ -99,7 +99,7 @@ def stage2_model_for(config, num_classes: int, field_sizes: tuple[int, ...], enc
         num_numeric=len(md.NUMERIC_FEATURES) if m.use_numeric else 0,
         encoder_width=s.width, encoder_depth=s.depth, encoder_heads=s.heads,
         width=m.qformer_width, depth=m.qformer_depth, num_heads=m.qformer_heads, num_queries=m.num_queries,
-        dropout=m.dropout, dtype=m.dtype, encoded_tokens=encoded)
+        dropout=m.dropout, fusion=m.get("fusion", "cross"), dtype=m.dtype, encoded_tokens=encoded)
     return ResidualFusion(fusion, ("prior", "proto"))
 
 

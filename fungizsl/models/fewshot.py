@@ -109,6 +109,7 @@ class FusionClassifier(nn.Module):
     num_heads: int = 8
     num_queries: int = 8
     dropout: float = 0.1
+    fusion: str = "cross"  # the Q-Former's: "cross" or "self" (the paper; models/qformer.py)
     dtype: str = "float32"
     # True: batch["tokens"] are already the visual encoder's output tokens [B, 1 + T, encoder_width]
     # (stage 2 with stage 1 frozen: no encoder here, no backward pass through it)
@@ -153,7 +154,7 @@ class FusionClassifier(nn.Module):
             raise ValueError("FusionClassifier needs at least one input: use_visual, use_text, fields or numeric")
         sources = tuple(s for s in ("visual", "text") if s in memories)
         q = QFormer(self.num_queries, self.width, self.depth, self.num_heads, sources=sources,
-                    dtype=self.dtype, name="qformer")(memories, masks)
+                    fusion=self.fusion, dtype=self.dtype, name="qformer")(memories, masks)
         pooled = q.mean(1)
         pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
         logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="classifier")(pooled)
