@@ -75,7 +75,8 @@ FUNGICLEF_PAPER = dict(
     eval_chunk=256)  # Stage2Scorer / stage1_embeddings chunk size
 
 README_CONFIGS = ("configs/fungalzsl.py:arch=b32", "configs/fungalzsl.py:arch=b16",
-                  "configs/fungalzsl.py:arch=l14", "configs/fungalzsl.py:arch=l14_336", "configs/fungiclef.py")
+                  "configs/fungalzsl.py:arch=l14", "configs/fungalzsl.py:arch=l14_336", "configs/fungiclef.py",
+                  "configs/fungiclef.py:paper")
 
 
 @dataclasses.dataclass
