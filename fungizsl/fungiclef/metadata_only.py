@@ -13,6 +13,11 @@ Data: `config.data.train_csv` and `eval_csv`. Checkpoints are selected on a temp
 the training observations (`tables.temporal_holdout`); the final numbers come from the evaluation
 CSV. With `refit_on_all` the model is trained once more on every training observation for the
 selected number of steps (`workdir/refit_all`), and that model's numbers are the summary's.
+
+The count prior alone is a candidate of the selection too: when it beats the best trained model
+on the temporal hold-out, it is the reported model (no refit), so what the
+summary reports is never worse on validation than its own baseline; both candidates' numbers stay
+in the summary (`candidates`, `reported`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 
 from fungizsl import metrics_io, runs
 from fungizsl import workdir as workdir_lib
+from fungizsl.evaluate import observations as obs_lib
 from fungizsl.evaluate.registry import run_evaluators
 from fungizsl.fungiclef import metadata as md
 from fungizsl.fungiclef import metadata_inputs as inputs_lib
@@ -177,7 +183,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     train_table = tables.table_from_csv(config.data.train_csv)
     eval_table = tables.table_from_csv(config.data.eval_csv)
     splits = build_metadata_splits(config, train_table, eval_table, workdir_lib.is_main())
-    summary = core.run(config, workdir, make_metadata_task(config, splits, mesh), mesh)
-    if not config.get("refit_on_all", False):
+    selected = core.run(config, workdir, make_metadata_task(config, splits, mesh), mesh)
+    wins = prior_alone_wins(config, splits, selected)
+    summary = selected
+    if config.get("refit_on_all", False) and not wins:
+        summary = refit_on_all(config, workdir, mesh, train_table, eval_table, selected)
+    return report_with_prior_candidate(config, workdir, splits, summary, selected)
+
+
+def _prior_val(config, splits: MetadataSplits) -> dict | None:
+    """The count prior alone on the validation split (the temporal hold-out), or None without it."""
+    if "prior" not in splits.arrays["val"]:
+        return None
+    ks = tuple(config.evals.fungiclef.get("ks", (1, 5, 10)))
+    return obs_lib.observation_metrics(splits.arrays["val"]["prior"], splits.tables["val"].labels, ks,
+                                       splits.poisonous)
+
+
+def prior_alone_wins(config, splits: MetadataSplits, selected: dict) -> bool:
+    """Selection with the prior alone as one more candidate: True when, on validation, it beats
+    the selected model by the selection metric (`config.best_metric`); a tie keeps the model."""
+    prior = _prior_val(config, splits)
+    value = selected.get("selection", {}).get("selection_value")
+    if prior is None or value is None:
+        return False
+    return prior[config.best_metric.split("/", 1)[1]] > value
+
+
+def report_with_prior_candidate(config, workdir, splits: MetadataSplits, summary: dict, selected: dict) -> dict:
+    """The summary with both candidates (`candidates`: the trained model and the prior alone, each
+    on val and on the evaluation CSV) and the one selection chose on val (`reported`); `selected`
+    is the run selected on val (`summary` itself, or the refit's source). When the prior wins, the
+    headline numbers and `submission_test.csv` are the prior's (the model's submission stays as
+    `submission_test_model.csv`)."""
+    prior_val = _prior_val(config, splits)
+    if prior_val is None:
         return summary
-    return refit_on_all(config, workdir, mesh, train_table, eval_table, summary)
+    metric = config.best_metric.split("/", 1)[1]
+    base = summary.get("baselines") or {}
+    prior_test = {k: base.get(f"metadata/{k}") for k in HEADLINE if f"metadata/{k}" in base}
+    model_val = selected.get("selection", {}).get("selection_value")
+    wins = prior_alone_wins(config, splits, selected)
+    summary = dict(summary, reported="prior_alone" if wins else "model", candidates={
+        "model": {"val": {metric: model_val}, "test": {k: summary.get(k) for k in HEADLINE}},
+        "prior_alone": {"val": prior_val, "test": prior_test}})
+    if wins:
+        summary.update({k: prior_test.get(k, summary.get(k)) for k in HEADLINE})
+        summary["selection"] = dict(summary["selection"], note=(
+            f"the count prior alone ({metric} {prior_val[metric]:.4f} on val) beats the best trained model "
+            f"({model_val:.4f}): the prior alone is reported"))
+    if workdir_lib.is_main():
+        if wins:
+            test = splits.tables["test"]
+            folder = workdir_lib.as_path(workdir)
+            if (folder / "submission_test.csv").exists():
+                (folder / "submission_test.csv").rename(folder / "submission_test_model.csv")
+            obs_lib.write_submission(folder / "submission_test.csv", test.observation_ids, splits.arrays["test"]["prior"])
+        metrics_io.write_json(workdir_lib.as_path(workdir) / runs.SUMMARY_FILE, summary)
+    workdir_lib.barrier("fungiclef_metadata_reported")
+    return summary

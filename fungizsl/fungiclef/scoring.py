@@ -59,11 +59,14 @@ class FungiClefRun:
     checkpoint: epath.Path  # the step folder that is scored
     step: int
     trained_on_all: bool = False  # metadata_only: the refit on every training observation
-    stage1_checkpoint: epath.Path | None = None  # full: the prototypes' stage-1 weights
+    stage1_checkpoint: epath.Path | None = None  # full: the stage-1 weights (prototypes, frozen-encoder tokens)
+    prior_alone: bool = False  # metadata_only: selection on val chose the count prior over every checkpoint
 
     def describe(self) -> dict[str, Any]:
         out = {"source": self.spec, "kind": f"fungiclef_{self.system}", "run": str(self.root),
                "checkpoint": str(self.checkpoint), "step": self.step}
+        if self.prior_alone:
+            out["reported"] = "prior_alone: the count prior beat every checkpoint on the run's validation split"
         if self.system == "metadata_only":
             out["trained_on"] = "every training observation (refit)" if self.trained_on_all else \
                 "training observations less the temporal validation hold-out"
@@ -113,7 +116,7 @@ def open_run(spec: str) -> FungiClefRun:
     root, system = found
     folder, step = runs.split_step(path)
     if system == "metadata_only":
-        refit = root / "refit_all"
+        explicit, refit = step, root / "refit_all"
         if step is not None:  # an explicit step folder: of the refit, or of the selection run
             on_all = folder == refit
         else:
@@ -121,7 +124,9 @@ def open_run(spec: str) -> FungiClefRun:
             folder = refit if on_all else root
             step = _summary_step(folder, spec)
         config = _read_config(folder) or _read_config(root)
-        return FungiClefRun(spec, root, system, config, folder / "checkpoints" / str(step), step, on_all)
+        prior_alone = explicit is None and (runs.read_summary(root) or {}).get("reported") == "prior_alone"
+        return FungiClefRun(spec, root, system, config, folder / "checkpoints" / str(step), step, on_all,
+                            prior_alone=prior_alone)
     stage2_dir = root / "stage2"
     if step is not None and folder != stage2_dir:
         raise ConfigError(f"model {spec}: a full-system run is scored by its stage-2 model; name "
@@ -257,6 +262,12 @@ def score_metadata_run(run: FungiClefRun, csv_path: str, train_csv: str = "", sh
     prior = meta_splits.arrays["test"].get("prior")
     cal, missing = (metadata_calibration_scores(run, meta_splits, params, train_table, eval_table, show_progress)
                     if calibrate else (None, ""))
+    if run.prior_alone:  # the run's reported model is the count prior itself
+        logits = prior
+        if cal is not None:
+            val_prior = cal.baselines[METADATA_PRIOR]
+            cal = dataclasses.replace(cal, logits=val_prior[:, None],
+                                      described=dict(cal.described, what="the count prior alone on " + cal.described["what"]))
     return Scored(logits[:, None], np.ones((len(logits), 1), bool), eval_table.labels, eval_table.observation_ids,
                   eval_table.records, train_table.records, train_table.labels, meta_splits.poisonous, len(rows),
                   {"csv": csv_path, "train_csv": train_csv}, {} if prior is None else {METADATA_PRIOR: prior},
