@@ -16,7 +16,8 @@ Arguments after the colon:
   captions  scene (default: each image described from its own render parameters; needs nothing but
             the clone) | fungalzsl_split | fungalzsl_generated (the paper's captions: need data_dir)
             | templates | <path to a JSONL of {"class","text"}>
-  preset    realistic (the honest default) | paper (colour tied to the stage, as in the paper)
+  preset    realistic (the honest default) | paper (the FungalZSL authors' generator: ten small
+            growth centres on white, colour tied to the stage) | colony (one colony, flat colour)
   data_dir  folder with the FungalZSL caption files (config.data.captions_dir; no default: the
             captions fungalzsl_split/fungalzsl_generated need it, the others do not)
   runlocal  small, CPU-sized run (the README's ./launch/local.sh)
@@ -176,10 +177,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Robustness (fungizsl/data/robustness.py): zero-shot on the test scenes re-rendered under a
     # shift the model never trained on, once after training (every=0 on a `test_<condition>`
     # split); summary.json "robustness/<condition>". Sizes: 2/3 and 4/3 of the training size.
+    # `paper` is the FungalZSL authors' generator; `unseen` an independent generator written for
+    # evaluation only (summary.json "unseen_generator_zeroshot_accuracy"), with every shift again.
     config.data.robustness_per_class = 100
     size = config.data.image_size
-    for condition in ("paper", "gray", "zoom_out", "zoom_in", f"size{round(size * 2 / 3)}",
-                      f"size{round(size * 4 / 3)}"):
+    shifts = ("gray", "zoom_out", "zoom_in", f"size{round(size * 2 / 3)}", f"size{round(size * 4 / 3)}")
+    for condition in ("paper", *shifts, "unseen", *(f"unseen_{shift}" for shift in shifts)):
         config.evals[f"robust_{condition}"] = ml_collections.ConfigDict(dict(
             type="zeroshot", split=f"test_{condition}", every=0, sources=(prompts,)))
     return config

@@ -41,7 +41,9 @@ def test_experiment_configs_load_and_check_their_arguments():
     assert {e.split for e in config.evals.values() if e.every} == {"val"} and config.final_eval_split == "test"
     # shifted test sets run once, after training, on their own test_<condition> splits
     assert {e.split for e in config.evals.values() if not e.every} == {
-        "test_paper", "test_gray", "test_zoom_out", "test_zoom_in", "test_size224", "test_size448"}
+        "test_paper", "test_gray", "test_zoom_out", "test_zoom_in", "test_size224", "test_size448",
+        "test_unseen", "test_unseen_gray", "test_unseen_zoom_out", "test_unseen_zoom_in",
+        "test_unseen_size224", "test_unseen_size448"}
     assert config.final_eval_checkpoint == "best" and config.data_seed == 0
     assert not config.data.captions_dir  # no default path outside the clone
     with pytest.raises(ValueError, match="'arch' must be one of"):

@@ -78,11 +78,13 @@ def test_a_run_reports_every_shifted_test_set(tmp_path):
                                 "--config.data.robustness_per_class=3"))
     assert "zero-shot on shifted test sets: " in out
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["robustness"]) == {"paper", "gray", "zoom_out", "zoom_in", "size64", "size128"}
+    shifts = {"gray", "zoom_out", "zoom_in", "size64", "size128"}
+    assert set(summary["robustness"]) == {"paper", "unseen"} | shifts | {f"unseen_{s}" for s in shifts}
+    assert summary["unseen_generator_zeroshot_accuracy"] == summary["robustness"]["unseen"]["zeroshot_accuracy"]
     for condition, numbers in summary["robustness"].items():
         assert 0.0 <= numbers["zeroshot_accuracy"] <= 1.0, condition
         assert set(numbers["per_class_accuracy"]) == {"spore", "hyphae", "mycelium"}
         # 3 images per class: accuracy is a multiple of 1/9 (summary values are rounded)
         assert abs(numbers["zeroshot_accuracy"] * 9 - round(numbers["zeroshot_accuracy"] * 9)) < 1e-3
     final = json.loads((tmp_path / "eval_metrics.json").read_text())["final"]
-    assert "robust_paper/accuracy" in final and "zeroshot/accuracy" in final
+    assert "robust_paper/accuracy" in final and "robust_unseen/accuracy" in final and "zeroshot/accuracy" in final

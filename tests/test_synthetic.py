@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fungizsl.data import contact_sheets, synthetic
+from fungizsl.data import contact_sheets, fungalzsl_generator, synthetic
 from fungizsl.data.render_shapes import build_scene
 from fungizsl.data.synthetic import (
     EXTRA_STAGES,
@@ -20,7 +20,9 @@ from fungizsl.data.synthetic import (
 )
 
 PAPER = RenderConfig(preset="paper")
+COLONY = RenderConfig(preset="colony")
 SMALL = RenderConfig(image_size=64)
+FLAT = [RenderConfig(image_size=64, preset=p) for p in ("paper", "colony")]
 
 
 def _digest(images) -> str:
@@ -40,7 +42,7 @@ def _hue_degrees(rgb: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- determinism
 
 
-@pytest.mark.parametrize("config", [SMALL, RenderConfig(image_size=64, preset="paper")], ids=["realistic", "paper"])
+@pytest.mark.parametrize("config", [SMALL] + FLAT, ids=["realistic", "paper", "colony"])
 def test_same_arguments_give_identical_pixels(config):
     for stage in STAGES:
         a = render_image(stage, 3, 11, config)
@@ -48,7 +50,7 @@ def test_same_arguments_give_identical_pixels(config):
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("config", [SMALL, RenderConfig(image_size=64, preset="paper")], ids=["realistic", "paper"])
+@pytest.mark.parametrize("config", [SMALL] + FLAT, ids=["realistic", "paper", "colony"])
 def test_different_index_seed_or_stage_differ(config):
     for stage in STAGES:
         base = render_image(stage, 0, 0, config)
@@ -98,31 +100,33 @@ def test_render_labelled_cycles_through_the_configured_stages():
     assert np.array_equal(images[4], render_image("mycelium", 2, 2, config))
 
 
-# ---------------------------------------------------------------------------------------------- paper preset
+# ---------------------------------------------------------------------------------------------- paper and colony
+# (the paper preset's own facts, the authors' generator's, are tested in tests/test_generators.py)
 
 
 def _foreground(image: np.ndarray) -> np.ndarray:
     return image.min(axis=-1) < 235  # anything visibly off the white page
 
 
-def test_paper_preset_has_white_background():
+@pytest.mark.parametrize("config", [PAPER, COLONY], ids=["paper", "colony"])
+def test_flat_presets_have_white_background(config):
     for stage in STAGES:
-        image = render_image(stage, 0, 0, PAPER)
+        image = render_image(stage, 0, 0, config)
         assert np.mean(image.reshape(-1, 3).min(axis=1) == 255) > 0.4  # most of the page is pure white
         assert np.array_equal(image[0, 0], [255, 255, 255]) or np.array_equal(image[-1, -1], [255, 255, 255])
 
 
-def test_paper_preset_foreground_grows_with_stage():
-    fraction = {s: np.mean([_foreground(render_image(s, i, 0, PAPER)).mean() for i in range(10)]) for s in STAGES}
+def test_colony_preset_foreground_grows_with_stage():
+    fraction = {s: np.mean([_foreground(render_image(s, i, 0, COLONY)).mean() for i in range(10)]) for s in STAGES}
     assert fraction["mycelium"] > 2.0 * fraction["hyphae"]
     assert fraction["hyphae"] > 1.5 * fraction["spore"]
     assert fraction["spore"] > 0.005
 
 
-def test_paper_preset_hue_runs_yellow_orange_red():
+def test_colony_preset_hue_runs_yellow_orange_red():
     hue = {}
     for stage in STAGES:
-        pixels = [im[_foreground(im)] for im in (render_image(stage, i, 0, PAPER) for i in range(6))]
+        pixels = [im[_foreground(im)] for im in (render_image(stage, i, 0, COLONY) for i in range(6))]
         hue[stage] = _hue_degrees(np.concatenate(pixels)).mean()
     assert 45 < hue["spore"] < 60  # yellow
     assert 25 < hue["hyphae"] < 40  # orange
@@ -141,7 +145,7 @@ def _colour_separability(config: RenderConfig, n: int = 24) -> tuple[float, floa
     feats = [np.array([render_image(s, i, 0, config).reshape(-1, 3).mean(0) for i in range(n)]) for s in STAGES]
     means = np.array([f.mean(0) for f in feats])
     within = np.sqrt(np.mean([f.var(0, ddof=1) for f in feats], axis=0))
-    ratio = float(((means.max(0) - means.min(0)) / within).max())
+    ratio = float(((means.max(0) - means.min(0)) / np.maximum(within, 1e-9)).max())
     x, y = np.concatenate(feats), np.repeat(np.arange(len(STAGES)), n)
     correct = 0
     for i in range(len(x)):
@@ -157,11 +161,12 @@ def test_colour_does_not_predict_stage_in_realistic_preset():
     assert accuracy < 0.55
 
 
-def test_colour_predicts_stage_in_paper_preset():
-    # the same measure must see the paper's colour shortcut, or the test above proves nothing
-    ratio, accuracy = _colour_separability(RenderConfig(image_size=64, preset="paper"))
+def test_colour_predicts_stage_in_colony_and_paper_presets():
+    # the same measure must see the flat presets' colour shortcut, or the test above proves nothing
+    ratio, accuracy = _colour_separability(RenderConfig(image_size=64, preset="colony"))
     assert ratio > 5.0
     assert accuracy > 0.8
+    assert _colour_separability(RenderConfig(image_size=64, preset="paper"), n=12)[1] > 0.8
 
 
 def test_realistic_backgrounds_vary():
@@ -206,19 +211,22 @@ def test_extra_stages_render(stage, preset):
     image = render_image(stage, 1, 0, config)
     assert image.shape == (96, 96, 3) and image.dtype == np.uint8
     assert image.std() > 5.0  # something was drawn
-    if preset == "paper":
+    if preset == "colony":
         assert np.isclose(_hue_degrees(image[_foreground(image)]).mean(),
-                          _hue_degrees(np.array([synthetic.PAPER_COLOURS[stage]], np.uint8))[0], atol=3.0)
+                          _hue_degrees(np.array([synthetic.COLONY_COLOURS[stage]], np.uint8))[0], atol=3.0)
+    if preset == "paper":  # between the stage's two end colours
+        ends = _hue_degrees(np.array(fungalzsl_generator.STAGE_COLOURS[stage]) * 255.0)
+        assert ends.min() - 1 < _hue_degrees(image[_foreground(image)]).mean() < ends.max() + 1
 
 
 def test_germinating_spores_carry_tubes_and_sporulating_hyphae_carry_conidia():
     rng = np.random.default_rng(0)
-    germ = build_scene(rng, "germinating_spore", synthetic.paper_morphology(rng, "germinating_spore", 224))
+    germ = build_scene(rng, "germinating_spore", synthetic.colony_morphology(rng, "germinating_spore", 224))
     assert len(germ.lines[0]) > 0
     rng = np.random.default_rng(0)
-    spor = build_scene(rng, "sporulating_hyphae", synthetic.paper_morphology(rng, "sporulating_hyphae", 224))
+    spor = build_scene(rng, "sporulating_hyphae", synthetic.colony_morphology(rng, "sporulating_hyphae", 224))
     rng = np.random.default_rng(0)
-    plain = build_scene(rng, "hyphae", synthetic.paper_morphology(rng, "hyphae", 224))
+    plain = build_scene(rng, "hyphae", synthetic.colony_morphology(rng, "hyphae", 224))
     assert len(spor.cells) > len(plain.cells) and len(spor.cells[-1]) > 0
 
 

@@ -1,8 +1,10 @@
 """Data: synthetic growth-stage images, captions, TFDS builders and the Grain input pipeline.
 
 * Rendering: :mod:`.synthetic` (images of each growth stage), :mod:`.render_shapes` (the shapes
-  drawn), :mod:`.scene_params` (what one image shows), :mod:`.contact_sheets` (``fungizsl render``),
-  :mod:`.robustness` (test renders under shifted conditions).
+  drawn), :mod:`.fungalzsl_generator` (the FungalZSL authors' generator, the ``paper`` preset),
+  :mod:`.scene_params` (what one image shows), :mod:`.contact_sheets` (``fungizsl render``),
+  :mod:`.robustness` (test renders under shifted conditions), :mod:`.unseen_growth` +
+  :mod:`.unseen_renderer` (an independent generator, for evaluation only).
 * Captions: :mod:`.caption_text` (the Caption record and text helpers), :mod:`.caption_files`
   (the paper's JSON files and JSONL files), :mod:`.captions` (named caption sources),
   :mod:`.scene_phrases` + :mod:`.scene_captions` (captions written from an image's scene),

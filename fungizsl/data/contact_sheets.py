@@ -7,6 +7,11 @@ with its stage (:func:`contact_sheet`); :func:`captioned_sheet` writes each imag
 
     fungizsl render --out sheet.png --per-stage 8 --size 224 --preset realistic --overlap 0.3
     fungizsl render --captions --out captions.png --per-stage 4 --size 96
+    fungizsl render --out unseen.png --preset unseen --size 96   # the evaluation-only generator
+
+``--preset unseen`` shows the independent generator of :mod:`fungizsl.data.unseen_renderer`
+(evaluation only: the ``test_unseen*`` splits), so its images can be looked at beside the
+training renderer's.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import textwrap
 
 from PIL import Image, ImageDraw, ImageFont
 
+from fungizsl.data import unseen_renderer
 from fungizsl.data.scene_pipeline import caption_examples
 from fungizsl.data.synthetic import ALL_STAGES, PRESETS, STAGES, RenderConfig, render_image, render_scene
+
+UNSEEN = "unseen"  # --preset value that shows the evaluation-only generator
 
 SHEET_LABEL_WIDTH, SHEET_HEADER, SHEET_GAP = 170, 26, 4
 
@@ -35,21 +43,30 @@ def tile_origin(row: int, col: int, image_size: int) -> tuple[int, int]:
             SHEET_HEADER + SHEET_GAP + row * (image_size + SHEET_GAP))
 
 
-def contact_sheet(config: RenderConfig, per_stage: int = 8, seed: int = 0) -> Image.Image:
-    """Rows = config.stages, columns = indices 0..per_stage-1, each row labelled with its stage."""
+def contact_sheet(config: RenderConfig | unseen_renderer.UnseenConfig, per_stage: int = 8,
+                  seed: int = 0) -> Image.Image:
+    """Rows = config.stages, columns = indices 0..per_stage-1, each row labelled with its stage.
+
+    An :class:`~fungizsl.data.unseen_renderer.UnseenConfig` draws the evaluation-only generator.
+    """
     size = config.image_size
     sheet = Image.new("RGB", sheet_size(len(config.stages), per_stage, size), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
     font = _font(15)
-    title = f"fungizsl synthetic stages  preset={config.preset}  seed={seed}  size={size}"
-    if config.preset == "realistic":
+    unseen = isinstance(config, unseen_renderer.UnseenConfig)
+    preset = UNSEEN if unseen else config.preset
+    title = f"fungizsl {'unseen generator (evaluation only)' if unseen else 'synthetic stages'}  preset={preset}  " \
+            f"seed={seed}  size={size}"
+    if preset == "realistic":
         title += f"  overlap={config.hyphae_mycelium_overlap:g}"
     draw.text((SHEET_GAP, 5), title, fill=(0, 0, 0), font=font)
     for row, stage in enumerate(config.stages):
         y = tile_origin(row, 0, size)[1]
         draw.text((SHEET_GAP + 2, y + size // 2 - 8), stage, fill=(0, 0, 0), font=font)
         for col in range(per_stage):
-            sheet.paste(Image.fromarray(render_image(stage, col, seed, config)), tile_origin(row, col, size))
+            image = (unseen_renderer.render_unseen(stage, col, seed, config)[0] if unseen
+                     else render_image(stage, col, seed, config))
+            sheet.paste(Image.fromarray(image), tile_origin(row, col, size))
     return sheet
 
 
@@ -103,7 +120,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="sheet.png", help="output PNG path")
     parser.add_argument("--per-stage", type=int, default=8, help="samples (columns) per stage")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
-    parser.add_argument("--preset", default="realistic", help=f"one of {', '.join(PRESETS)}")
+    parser.add_argument("--preset", default="realistic",
+                        help=f"one of {', '.join(PRESETS)}, or {UNSEEN} (the evaluation-only generator)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overlap", type=float, default=0.3, help="hyphae/mycelium overlap in [0, 1] (realistic)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list from {', '.join(ALL_STAGES)}")
@@ -116,8 +134,13 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 def run_render_cli(args: argparse.Namespace) -> int:
     try:
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-        config = RenderConfig(image_size=args.size, preset=args.preset, hyphae_mycelium_overlap=args.overlap,
-                              stages=stages)
+        if args.preset == UNSEEN:
+            if args.captions:
+                raise ValueError("--captions shows the training renderer's scene captions: not with --preset unseen")
+            config = unseen_renderer.UnseenConfig(image_size=args.size, stages=stages)
+        else:
+            config = RenderConfig(image_size=args.size, preset=args.preset, hyphae_mycelium_overlap=args.overlap,
+                                  stages=stages)
         if args.per_stage < 1 or args.seed < 0:
             raise ValueError("--per-stage must be >= 1 and --seed >= 0")
     except ValueError as err:

@@ -171,7 +171,7 @@ def _imaging(w: _Writer) -> list:
     s, out = w.scene, []
     out.append((0.4, lambda: w.phrase(f"imaging.{s.background}", "background", colour=s.colour,
                                       medium=s.medium_colour)))
-    if s.preset == "paper":  # flat drawings: no optics to describe
+    if s.preset in ("paper", "colony"):  # flat drawings: no optics to describe
         return out
     out.append((0.25, lambda: w.phrase(f"imaging.magnification.{magnification(s)}", "magnification")))
     out.append((0.25, lambda: w.phrase(f"imaging.focus.{focus(s)}", "focus")))

@@ -7,11 +7,16 @@ drawn as round or elliptical cells; hyphae as recursively branching filaments gr
 branch splits into 3 to 5 and branch lengths are scaled by Normal(1, 0.2).  Its renders are
 matplotlib-like line drawings on white whose colour runs yellow -> orange -> red with the stage, so
 colour alone names the class.  (These figures are the paper's as relayed by the project brief; the
-summary under shared/papers holds only its abstract.)  This module renders both:
+summary under shared/papers holds only its abstract.)  Three presets:
 
-* preset ``"paper"``: the paper's look (white background, spores yellow, hyphae orange, mycelium
-  red, anti-aliased line art, no noise), for reproducing its numbers;
-* preset ``"realistic"`` (the default): the task made honest.  Colour is drawn independently of
+* ``"paper"``: the authors' own generator, written anew in :mod:`fungizsl.data.fungalzsl_generator`
+  from their public script (its module docstring cites every fact): ten small growth centres in a
+  white field (spores, hyphal colonies a few pixels across at 96 px, or mycelial colonies that
+  together cover much of the field), each coloured between its stage's two end colours by its
+  height, lines at alpha 0.8; for reproducing their numbers and as a shifted test set;
+* ``"colony"``: this project's earlier reading of the paper: one colony filling the field, flat
+  colour per stage (yellow, orange, red) on white;
+* ``"realistic"`` (the default): the task made honest.  Colour is drawn independently of
   the stage, and each image varies background (agar plate, bright-field, dark-field, stained,
   phase contrast), magnification, density, focus blur, noise, illumination gradient and debris.
   ``hyphae_mycelium_overlap`` in [0, 1] sets how far the hyphae and mycelium morphology ranges
@@ -38,19 +43,31 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
+from fungizsl.data import fungalzsl_generator
 from fungizsl.data.render_shapes import BranchSpec, Morphology, build_scene, debris_scene, rasterise
 from fungizsl.data.scene_params import SceneParams, describe
 
 STAGES = ("spore", "hyphae", "mycelium")  # the paper's classes: the default class list
 EXTRA_STAGES = ("germinating_spore", "sporulating_hyphae")
 ALL_STAGES = STAGES + EXTRA_STAGES
-PRESETS = ("realistic", "paper")
+PRESETS = ("realistic", "paper", "colony")
 BACKGROUNDS = ("brightfield", "darkfield", "stained", "phase", "agar")
 
 REFERENCE_SIZE = 224.0  # lengths below are in pixels of a 224 px image and scale with image_size
 
-# paper preset: one colour per stage, yellow -> orange -> red with growth (extras slot in between)
+# paper preset: each growth centre's colour lies between its stage's two end colours
+# (fungalzsl_generator.STAGE_COLOURS); the scene names the stage's colour as the authors' README does
+# (bright yellow spores, orange hyphae, deep red mycelium) with these representatives of the ranges
 PAPER_COLOURS = {
+    "spore": (255, 214, 0),
+    "germinating_spore": (255, 190, 0),
+    "hyphae": (255, 140, 0),
+    "sporulating_hyphae": (255, 115, 0),
+    "mycelium": (230, 25, 0),
+}
+
+# colony preset: one colour per stage, yellow -> orange -> red with growth (extras slot in between)
+COLONY_COLOURS = {
     "spore": (255, 215, 0),
     "germinating_spore": (255, 180, 0),
     "hyphae": (255, 140, 0),
@@ -143,12 +160,17 @@ def render_scene(stage: str, index: int, seed: int = 0,
     rng = image_rng(check_stage(stage), index, seed)
     size = config.image_size
     if config.preset == "paper":
-        morph = paper_morphology(rng, stage, size)
+        field = fungalzsl_generator.build_field(rng, stage)
+        image, coverage = fungalzsl_generator.draw_field(field, size, config.supersample)
+        return image, describe(stage, "paper", size, fungalzsl_generator.field_facts(field, size), coverage,
+                               colour=PAPER_COLOURS[stage])
+    if config.preset == "colony":
+        morph = colony_morphology(rng, stage, size)
         shapes = build_scene(rng, stage, morph)
         mask = rasterise(shapes, size, config.supersample)
-        scene = describe(stage, "paper", size, shapes.facts, _coverage(mask), colour=PAPER_COLOURS[stage],
+        scene = describe(stage, "colony", size, shapes.facts, _coverage(mask), colour=COLONY_COLOURS[stage],
                          spore_arrangement=morph.arrangement)
-        return compose_paper(mask, PAPER_COLOURS[stage]), scene
+        return compose_flat(mask, COLONY_COLOURS[stage]), scene
     style = sample_style(rng, size)
     morph = realistic_morphology(rng, stage, size, config.hyphae_mycelium_overlap, config.magnification)
     shapes = build_scene(rng, stage, morph)
@@ -202,8 +224,8 @@ def image_rng(stage: str, index: int, seed: int) -> np.random.Generator:
 # ----------------------------------------------------------------------------------------------
 
 
-def paper_morphology(rng: np.random.Generator, stage: str, size: int) -> Morphology:
-    """The paper's published shapes: straight fanning branches, depth 3 x 4 / depth 10 x 14, 3-5 splits."""
+def colony_morphology(rng: np.random.Generator, stage: str, size: int) -> Morphology:
+    """One colony filling the field: straight fanning branches, depth 3 x 4 / depth 10 x 14, 3-5 splits."""
     u = size / REFERENCE_SIZE
     spores = dict(spore_radius=u * rng.uniform(4.0, 7.0), spore_aspect=(0.5, 1.0), arrangement="scattered")
     if stage in ("spore", "germinating_spore"):
@@ -372,7 +394,7 @@ def compose_realistic(rng, mask: Image.Image, debris: Image.Image, style: Style,
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def compose_paper(mask: Image.Image, colour: tuple[int, int, int]) -> np.ndarray:
+def compose_flat(mask: Image.Image, colour: tuple[int, int, int]) -> np.ndarray:
     """Flat anti-aliased colour on white, like a matplotlib drawing."""
     body = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
     img = 255.0 - body * (255.0 - np.asarray(colour, dtype=np.float32))

@@ -17,7 +17,8 @@ kept out of training.
 
 Robustness splits (`test_paper`, `test_gray`, `test_zoom_out`, `test_zoom_in`, `test_size64`, ...;
 `fungizsl.data.robustness`) are the test scenes rendered again under a shifted condition, for
-evaluation only, whatever `data.kind` is; `data.robustness_per_class` images per class.
+evaluation only, whatever `data.kind` is; `data.robustness_per_class` images per class. The
+`test_unseen*` splits come from the independent, evaluation-only generator instead.
 
 Seeds: `config.data_seed` fixes the data set itself (the rendered images of every split, and the
 caption drawn for each training position and each val/test image), so the test set never moves

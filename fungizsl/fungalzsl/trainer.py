@@ -7,9 +7,10 @@ Using a Synthetic Data Approach". This module is the paper's :class:`~fungizsl.t
 a BPE trained on the captions, from a Hugging Face or open_clip folder, or from an earlier run) fed
 by :mod:`fungizsl.fungalzsl.inputs`, the loss ``L_image + L_text`` (optionally class-aware), the
 evaluators (zero-shot accuracy, Recall@K) and the export (Hugging Face, or open_clip for a ResNet
-tower). Entries of ``config.evals`` on a robustness split (``test_paper``, ``test_gray``, ...;
-:mod:`fungizsl.data.robustness`) run once, after training, and land under
-``robustness/<condition>`` in ``summary.json``. The loop is :mod:`fungizsl.train.core`.
+tower). Entries of ``config.evals`` on a robustness split (``test_paper``, ``test_gray``,
+``test_unseen``, ...; :mod:`fungizsl.data.robustness`) run once, after training, and land under
+``robustness/<condition>`` in ``summary.json``; ``test_unseen`` (the independent generator) also
+as ``unseen_generator_zeroshot_accuracy``. The loop is :mod:`fungizsl.train.core`.
 """
 
 from __future__ import annotations
@@ -193,6 +194,9 @@ def summarise(results: dict, class_names, robust: dict[str, str] | None = None) 
                     "zeroshot_mean_per_class_accuracy": results[f"{name}/mean_per_class_accuracy"],
                     "per_class_accuracy": {c: results[f"{name}/per_class/{c}"] for c in class_names}}
         for name, condition in (robust or {}).items() if f"{name}/accuracy" in results}
+    # the headline of issue 21: images of an independent, evaluation-only generator
+    if robustness.UNSEEN in summary["robustness"]:
+        summary["unseen_generator_zeroshot_accuracy"] = summary["robustness"][robustness.UNSEEN]["zeroshot_accuracy"]
     return summary
 
 

@@ -100,11 +100,11 @@ def _config(name: str, description: str, **kw) -> GrowthStagesConfig:
 BUILDER_CONFIGS = [
     _config("realistic_224", "Realistic preset (colour independent of stage), 224 px, 1600/200/200 per class.",
             image_size=224, preset="realistic"),
-    _config("paper_224", "The paper's look (white background, colour by stage), 224 px, PNG.",
+    _config("paper_224", "The FungalZSL authors' generator (ten growth centres on white, colour by stage), 224 px, PNG.",
             image_size=224, preset="paper", encoding="png"),
     _config("realistic_336", "Realistic preset at 336 px for ViT-L/14@336.", image_size=336, preset="realistic"),
-    _config("paper_336", "The paper's look at 336 px for ViT-L/14@336, PNG.", image_size=336, preset="paper",
-            encoding="png"),
+    _config("paper_336", "The FungalZSL authors' generator at 336 px for ViT-L/14@336, PNG.", image_size=336,
+            preset="paper", encoding="png"),
     _config("realistic_224_hard", "Realistic preset, hyphae and mycelium drawn from one distribution.",
             image_size=224, preset="realistic", hyphae_mycelium_overlap=1.0),
     _config("realistic_224_five_stages", "Realistic preset with the two extra stages (five classes).",
@@ -129,8 +129,10 @@ class FungalGrowthStages(BuilderBase):
     ``if __name__ == "__main__"``, since spawned workers re-import the main module.
     """
 
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Each record carries its scene parameters ('scene')."}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Each record carries its scene parameters ('scene').",
+                     "1.2.0": "paper_224 / paper_336 render the FungalZSL authors' generator (ten small growth "
+                              "centres per field); the earlier single-colony look is the 'colony' preset."}
     BUILDER_CONFIGS = BUILDER_CONFIGS
     DEFAULT_BUILDER_CONFIG_NAME = "realistic_224"
 
