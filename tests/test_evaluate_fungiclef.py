@@ -1,6 +1,8 @@
 """Evaluation-only runs of trained FungiCLEF models (`configs/evaluate.py:model=RUN,fungiclef=CSV`):
-a tiny metadata-only run and a tiny full-system run evaluated through the config reproduce their
-own summaries, a hand-checked case of the numbers the summary holds, and the error messages."""
+a tiny metadata-only run and the session's shared full-system run evaluated through the config
+reproduce their own summaries, whose numbers are first worked out by hand from the runs'
+submissions (and the calibration's from its definition), a hand-checked case of the numbers the
+summary holds, and the error messages."""
 
 import csv
 import json
@@ -84,6 +86,54 @@ def metadata_run(tmp_path_factory):
     return root
 
 
+def _mean_pooled_log_probs(logits, mask):
+    z = np.asarray(logits, np.float64)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.log((p * mask[..., None]).sum(1) / mask.sum(1, keepdims=True))
+
+
+def _check_calibration_by_hand(cal, scored):
+    """The summary's calibration numbers from their definitions, in plain numpy: the NLL of the
+    held-out scores at T = 1 and at the reported T, T a minimum of that NLL, and the NLL and the
+    15-bin top-label ECE of the evaluated observations before and after dividing by T."""
+    def nll(log_p, y, t=1.0):
+        z = log_p / t
+        z = z - z.max(-1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(-1)) - z[np.arange(len(y)), y]))
+
+    def ece(log_p, y, t=1.0):
+        z = log_p / t
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        conf, right = p.max(-1), (p.argmax(-1) == y).astype(float)
+        total = 0.0
+        for b in range(15):  # equal-width bins (b/15, (b+1)/15]
+            inside = (conf > b / 15) & (conf <= (b + 1) / 15)
+            if inside.any():
+                total += inside.mean() * abs(right[inside].mean() - conf[inside].mean())
+        return total
+
+    c, t = scored.calibration, cal["temperature"]
+    fit_z, fit_y = _mean_pooled_log_probs(c.logits, c.image_mask), c.labels
+    assert len(fit_y) == cal["fitted_on"]["num_observations"]
+    assert cal["fit_nll_before"] == pytest.approx(nll(fit_z, fit_y), rel=1e-5)  # 6 digits in JSON
+    assert cal["fit_nll_after"] == pytest.approx(nll(fit_z, fit_y, t), rel=1e-5)
+    # T minimises the NLL over [0.01, 100]: inside, the NLL rises on both sides; at the lower end
+    # (every held-out argmax right: sharper is always better) it rises towards larger T
+    if t == 0.01:
+        assert (fit_z.argmax(-1) == fit_y).all()
+        assert nll(fit_z, fit_y, t) <= nll(fit_z, fit_y, 1.02 * t) < nll(fit_z, fit_y)
+    else:
+        assert 0.01 < t < 100, t
+        assert nll(fit_z, fit_y, t) < min(nll(fit_z, fit_y, 1.02 * t), nll(fit_z, fit_y, t / 1.02))
+    log_p, y = _mean_pooled_log_probs(scored.logits, scored.image_mask), scored.labels
+    assert (y >= 0).all()
+    for when, temp in (("before", 1.0), ("after", t)):
+        assert cal[f"nll_{when}"] == pytest.approx(nll(log_p, y, temp), rel=1e-5), when
+        assert cal[f"ece_{when}"] == pytest.approx(ece(log_p, y, temp), rel=1e-5, abs=1e-9), when
+
+
 def test_metadata_run_through_the_command_reproduces_its_summary(metadata_run, tmp_path):
     run, eval_csv = metadata_run / "run", metadata_run / "eval.csv"
     before = _tree(run)
@@ -93,7 +143,13 @@ def test_metadata_run_through_the_command_reproduces_its_summary(metadata_run, t
     assert _tree(run) == before  # the run is read, never written
     got = json.loads((tmp_path / "eval" / "summary.json").read_text())
     want = json.loads((run / "summary.json").read_text())  # the refit's numbers on the same CSV
+    # ... worked out in plain python from the refit's submission and the CSVs' labels and flags
+    rankings = fungiclef_runs.read_rankings(run / "refit_all" / "submission_test.csv")
+    labels = {int(r["observationID"]): int(r["category_id"]) for r in _rows(1, [2022])}
+    flags = {int(r["category_id"]): int(r["poisonous"]) for r in _rows(0, [2019, 2020, 2021])}
+    by_hand = fungiclef_runs.metrics_from_rankings(rankings, labels, flags)
     for key in HEADLINE:
+        assert want[key] == pytest.approx(by_hand[key], rel=1e-5, abs=1e-9), key
         assert got[key] == pytest.approx(want[key], abs=1e-6), key
     assert got["model"]["kind"] == "fungiclef_metadata_only" and got["model"]["step"] == want["step"]
     assert got["model"]["checkpoint"].endswith(f"refit_all/checkpoints/{want['step']}")
@@ -121,9 +177,8 @@ def test_metadata_run_through_the_command_reproduces_its_summary(metadata_run, t
     assert cal["method"] == "temperature" and cal["fitted_on"]["split"] == "val"
     assert cal["fitted_on"]["checkpoint"].endswith(f"run/checkpoints/{want['selection']['selected_on_val']['step']}")
     assert cal["fitted_on"]["num_observations"] > 0 and cal["fitted_on"]["left_out_as_in_evaluated_csv"] == 0
-    assert 0.01 <= cal["temperature"] <= 100 and cal["fit_nll_after"] <= cal["fit_nll_before"] + 1e-12
-    for key in ("ece_before", "ece_after", "nll_before", "nll_after"):
-        assert 0 <= cal[key] < 100, key
+    _check_calibration_by_hand(cal, scoring.score_metadata_run(scoring.open_run(str(run)), str(eval_csv),
+                                                               show_progress=False))
     assert set(d["expected_cost_calibrated"]) == set(d["expected_cost"])
     assert prior["decisions"]["calibration"]["method"] == "temperature"  # the prior gets its own temperature
     assert prior["decisions"]["calibration"]["fitted_on"]["num_observations"] == cal["fitted_on"]["num_observations"]
@@ -340,22 +395,25 @@ def test_metadata_errors_name_the_file_and_column(metadata_run, tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------
-# The full system (features -> stage 1 -> stage 2) on a tiny synthetic species set
+# The full system (features -> stage 1 -> stage 2) of the shared run (fungiclef_runs.shared_full_run)
 # -------------------------------------------------------------------------------------------------
+
+def _assert_close_tree(a, b, path=""):
+    """Nested dicts equal: the same keys and strings, numbers within 1e-4 (relative) or 1e-7."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (path, sorted(a), sorted(b))
+        for k in a:
+            _assert_close_tree(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (int, float)) and not isinstance(a, bool):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-7), path
+    else:
+        assert a == b, path
+
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
-    from fungizsl.data import builders
-    from fungizsl.fungiclef import synthetic_species as syn
-    from fungizsl.fungiclef import full as fungiclef_full
-
-    root = tmp_path_factory.mktemp("fungiclef_full")
-    syn.write_species_set(root / "download", fungiclef_runs.TINY_SPECIES, show_progress=False)
-    builders.build("fungiclef2025", "300p", data_dir=root / "tfds", manual_dir=root / "download")
-    config = fungiclef_runs.tiny_full_config(root / "tfds")
-    config.ensemble = False
-    fungiclef_full.train_and_evaluate(config, root / "run")
-    return root
+    """The session's shared full-system run (`fungiclef_runs.shared_full_run`): download/, run/."""
+    return fungiclef_runs.shared_full_run(tmp_path_factory).root
 
 
 def test_full_run_from_its_cache_and_from_images_reproduces_its_test_numbers(full_run, tmp_path):
@@ -372,7 +430,15 @@ def test_full_run_from_its_cache_and_from_images_reproduces_its_test_numbers(ful
     fe.train_and_evaluate(evaluate_config.get_config(f"model={run},fungiclef={test_csv}"), str(tmp_path / "img"))
     from_images = json.loads((tmp_path / "img" / "summary.json").read_text())
     assert _tree(run) == before
+    # the run's numbers worked out in plain python from its submission and the test labels
+    from fungizsl.fungiclef import features as feat_lib
+
+    by_hand = fungiclef_runs.metrics_from_rankings(
+        fungiclef_runs.read_rankings(run / "stage2" / "submission_test.csv"),
+        fungiclef_runs.observation_labels(feat_lib.load_split(run / "features", "test")),
+        fungiclef_runs.poisonous_flags(feat_lib.load_split(run / "features", "train")))
     for key in HEADLINE:
+        assert want[key] == pytest.approx(by_hand[key], rel=1e-5, abs=1e-9), key
         assert cached[key] == pytest.approx(want[key], abs=1e-5), key
         assert from_images[key] == pytest.approx(want[key], abs=1e-5), key
     assert cached["model"]["kind"] == "fungiclef_full" and cached["model"]["step"] == want["selection"]["step"]
@@ -381,11 +447,11 @@ def test_full_run_from_its_cache_and_from_images_reproduces_its_test_numbers(ful
     assert "extracted by the run's tower" in from_images["data"]["features"]
     assert cached["ranks"]["species"]["top1"] == pytest.approx(cached["top1"], abs=1e-6)
     assert cached["decisions"]["argmax"]["poison_cost"] == pytest.approx(cached["poison_cost"], abs=1e-6)
-    assert cached["ranks"] == from_images["ranks"] and cached["decisions"] == from_images["decisions"]
+    # the command ran on one device, the in-process evaluation on eight: equal up to float rounding
+    _assert_close_tree(cached["ranks"], from_images["ranks"])
+    _assert_close_tree(cached["decisions"], from_images["decisions"])
     assert cached["baselines"]["metadata_prior"]["top5"] == pytest.approx(want["baselines"]["metadata/top5"], abs=1e-6)
     # the temperature is fitted on the val split of the run's cache, scored by the evaluated checkpoint
-    from fungizsl.fungiclef import features as feat_lib
-
     val_obs = set(feat_lib.load_split(run / "features", "val")["observation_id"].tolist())
     cal = cached["decisions"]["calibration"]
     assert cal["method"] == "temperature" and cal["fitted_on"]["split"] == "val"

@@ -36,11 +36,18 @@ def test_top_k_per_observation_by_hand():
 
 
 def test_attention_pooling_favours_the_confident_image():
-    logits, mask, labels = _hand_example()
+    """Image weight = softmax over the observation's images of max_c log p / T, i.e. proportional
+    to (max_c p)^(1/T)."""
+    logits, mask, _ = _hand_example()
     att = np.exp(obs.pool_observations(logits, mask, "attention"))
-    mean = np.exp(obs.pool_observations(logits, mask, "mean"))
-    assert att[0, 1] > mean[0, 1]  # image 1 (0.8) is more confident than image 0 (0.7)
-    np.testing.assert_allclose(att.sum(1), 1.0, rtol=1e-6)
+    # obs 0: weights (.7, .8) / 1.5 -> (.7 (.7, .2, .1) + .8 (.1, .8, .1)) / 1.5 = (.57, .78, .15) / 1.5
+    # obs 1: its one image (the padded slot has no weight); obs 2: equal confidence .4 -> the mean
+    np.testing.assert_allclose(att[:, :3], [[0.38, 0.52, 0.1], [0.1, 0.1, 0.2], [0.35, 0.35, 0.2]], atol=1e-6)
+    np.testing.assert_allclose(att[:, 3], [0, 0.6, 0.1], atol=1e-6)
+    # T = 0.5 squares the confidences: weights (.49, .64) / 1.13
+    sharp = np.exp(obs.pool_observations(logits, mask, "attention", temperature=0.5))
+    np.testing.assert_allclose(sharp[0, :3], [(0.49 * 0.7 + 0.64 * 0.1) / 1.13, (0.49 * 0.2 + 0.64 * 0.8) / 1.13,
+                                              (0.49 * 0.1 + 0.64 * 0.1) / 1.13], atol=1e-6)
 
 
 def test_poison_cost_by_hand():

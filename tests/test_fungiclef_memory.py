@@ -68,6 +68,8 @@ def test_stage2_on_precomputed_tokens_gives_the_logits_of_the_encoder_inside():
     raw = rng.normal(size=(5, 6, 12)).astype(np.float16)
     inside = _fusion(False)
     params = inside.init(jax.random.key(0), {"tokens": jnp.asarray(raw)})["params"]
+    kernel = rng.normal(size=params["classifier"]["kernel"].shape).astype(np.float32)  # zero at init
+    params = dict(params, classifier=dict(params["classifier"], kernel=jnp.asarray(kernel)))
     # The encoder's weights as stage 1 saved them: what `stage1_tokens` encodes with.
     encoder = Stage1Model(num_classes=4, width=16, depth=1, num_heads=2)
     s1 = encoder.init(jax.random.key(9), jnp.zeros((1, 6, 12)))["params"]

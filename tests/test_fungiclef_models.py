@@ -83,6 +83,15 @@ def test_stage1_model_outputs():
     m = Stage1Model(num_classes=9, width=32, num_heads=16)
     tokens = jnp.ones((2, 5, 12))
     params = m.init(jax.random.key(0), tokens)["params"]
-    out = m.apply({"params": params}, tokens, jnp.array([[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]], bool))
+    mask = jnp.array([[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]], bool)
+    out = m.apply({"params": params}, tokens, mask)
     assert out["embedding"].shape == (2, 32) and out["tokens"].shape == (2, 6, 32)
-    assert out["aux_logits"].shape == (2, 9)
+    # the auxiliary head: 16 x the cosine of the embedding and each class's weight column
+    e, w = np.asarray(out["embedding"], np.float64), np.asarray(params["aux_classifier"]["weights"], np.float64)
+    cos = (e / np.linalg.norm(e, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0, keepdims=True))
+    np.testing.assert_allclose(out["aux_logits"], 16 * cos, rtol=1e-4, atol=1e-4)
+    # dropped tokens play no part: row 0 ignores its tokens 2 and 3, row 1 reads every token
+    changed = tokens.at[:, 2:4].set(jax.random.normal(jax.random.key(2), (2, 2, 12)))
+    again = m.apply({"params": params}, changed, mask)
+    np.testing.assert_allclose(again["embedding"][0], out["embedding"][0], atol=1e-5)
+    assert not np.allclose(again["embedding"][1], out["embedding"][1], atol=1e-3)

@@ -52,12 +52,14 @@ class Stage2Batch(grain.transforms.Map):
             rows.extend(perm[at:at + self.batch_size - len(rows)])
             epoch, at = epoch + 1, 0
         rows = np.asarray(rows)
+        tokens = self.data.stage2_tokens
+        # the global batch's views, drawn before this process takes its slice, so the batch is the
+        # same whatever the number of processes
+        views = np.random.default_rng([self.seed, int(step), 2]).integers(0, tokens.shape[1], len(rows))
         pi, pc = self.slot
         local = self.batch_size // pc
-        rows = rows[pi * local:(pi + 1) * local]
-        rng = np.random.default_rng([self.seed, int(step), 2])
-        tokens = self.data.stage2_tokens
-        views = rng.integers(0, tokens.shape[1], len(rows))
+        part = slice(pi * local, (pi + 1) * local)
+        rows, views = rows[part], views[part]
         obs = self.data.image_obs[rows]
         batch = {"tokens": tokens[rows, views], "label": self.data.labels[rows].astype(np.int32)}
         batch.update({k: v[obs] for k, v in self.data.inputs.items() if k != "sentence"})

@@ -157,7 +157,10 @@ class FusionClassifier(nn.Module):
                     fusion=self.fusion, dtype=self.dtype, name="qformer")(memories, masks)
         pooled = q.mean(1)
         pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
-        logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="classifier")(pooled)
+        # zero kernel: the classifier starts at its bias, so a ResidualFusion starts exactly at its
+        # residual inputs (the stage-1 prototype scores, the prior) instead of adding noise to them
+        logits = nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
+                          name="classifier")(pooled)
         return {"logits": logits, "pooled": pooled}
 
 
