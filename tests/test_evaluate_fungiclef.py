@@ -249,6 +249,30 @@ def test_metadata_selection_checkpoint_reproduces_the_numbers_before_the_refit(m
     assert written["model"]["step"] == step and "hold-out" in written["model"]["trained_on"]
 
 
+def test_a_run_whose_prior_won_selection_is_scored_by_the_prior(metadata_run, tmp_path):
+    """Selection on val may report the count prior alone (metadata_only.prior_alone_wins): the
+    evaluation-only runner then scores the prior, whose numbers the run's summary holds as its
+    metadata baseline; a named step folder still scores that checkpoint."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(metadata_run / "run", run, ignore=shutil.ignore_patterns("refit_all"))
+    summary = json.loads((metadata_run / "run" / "summary.json").read_text())
+    summary.update(reported="prior_alone", step=summary["selection"]["selected_on_val"]["step"])
+    (run / "summary.json").write_text(json.dumps(summary))
+    config = evaluate_config.get_config(f"model={run},fungiclef={metadata_run / 'eval.csv'}")
+    got = fe.train_and_evaluate(config, str(tmp_path / "eval"))
+    for key in ("top1", "top5", "macro_f1", "poison_cost"):
+        assert got[key] == pytest.approx(summary["baselines"][f"metadata/{key}"], abs=1e-6), key
+    written = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert written["model"]["reported"].startswith("prior_alone")
+    step = summary["step"]
+    config = evaluate_config.get_config(f"model={run}/checkpoints/{step},fungiclef={metadata_run / 'eval.csv'}")
+    got = fe.train_and_evaluate(config, str(tmp_path / "eval_step"))
+    for key in HEADLINE:
+        assert got[key] == pytest.approx(summary["before_refit"][key], abs=1e-6), key
+
+
 def test_hand_checked_summary_numbers():
     """3 classes (1 poisonous), 4 observations, one of two images; probabilities chosen so that
     every number can be worked out by hand (see the comments)."""
