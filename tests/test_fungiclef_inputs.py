@@ -45,10 +45,26 @@ def test_the_cache_loads_in_record_order_with_a_peak_of_one_copy_plus_one_shard(
     assert loaded["category_id"].tolist() == [7 * i for i in range(n)]
     assert [m["i"] for m in loaded["metadata"]] == list(range(n))
     split_bytes, shard_bytes = n * 16_896, shard_size * 16_896  # 1,081,344 and 135,168
-    # The split once, one decoded shard and the shard file's bytes read to copy it locally, plus
-    # 64 KiB for the Python objects; stacking a list of every record would need twice the split.
+    # The split once, plus one chunk of raw records and its decoded copy (here the whole 8-image
+    # shard: chunks are 64 records) and 64 KiB for the Python objects. Stacking a list of every
+    # record would need twice the split.
     assert peak < split_bytes + 3 * shard_bytes + 65_536, peak
     assert peak < 2 * split_bytes
+
+
+def test_a_large_shard_is_read_a_chunk_at_a_time(tmp_path):
+    # One shard of 512 images (16,896 bytes each): the loader reads 64 records at a time, so what it
+    # holds beside the split does not grow with the shard (reading it whole held raw bytes and
+    # decoded records of all 512, 3 x 8.65 MB).
+    n = 512
+    tokens = (np.arange(n * 2 * 33 * 128) % 251).astype(np.float16).reshape(n, 2, 33, 128)
+    _write_cache(tmp_path, "train", tokens, shard_size=n)
+    tracemalloc.start()
+    loaded = feat_lib.load_split(tmp_path, "train")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_array_equal(loaded["tokens"], tokens)
+    assert peak < n * 16_896 + 3 * 64 * 16_896 + 65_536, peak
 
 
 def test_a_cache_whose_shards_disagree_with_its_info_stops_with_one_line(tmp_path):

@@ -282,16 +282,29 @@ def _write_shard(path: epath.Path, records: list[bytes]) -> None:
     partial.rename(path)  # complete shards only ever appear under their final name
 
 
-def read_shard(path) -> list[dict]:
+def iter_shard(path, chunk: int = 64):
+    """The decoded records of a shard, in order, `chunk` records read at a time (a shard of DINOv2
+    tokens is about 0.8 GB: never held whole, raw or decoded); a remote shard is copied to a local
+    temporary file first (array_record reads local files)."""
     path = epath.Path(path)
     with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "shard.array_record")
-        with open(local, "wb") as f:
-            f.write(path.read_bytes())
+        local = os.fspath(path)
+        if not workdir_lib.is_local(path):
+            local = os.path.join(tmp, "shard.array_record")
+            with open(local, "wb") as f:
+                f.write(path.read_bytes())
         reader = ArrayRecordReader(local)
-        records = [decode_record(r) for r in reader.read_all()]
-        reader.close()
-    return records
+        try:
+            n = reader.num_records()
+            for start in range(0, n, chunk):
+                for raw in reader.read(list(range(start, min(n, start + chunk)))):
+                    yield decode_record(raw)
+        finally:
+            reader.close()
+
+
+def read_shard(path) -> list[dict]:
+    return list(iter_shard(path))
 
 
 def _info(cfg: FeatureConfig, description: str, is_dinov2: bool, num_registers: int, sizes: dict) -> dict:
@@ -438,8 +451,7 @@ def load_split(out_dir, split: str) -> dict:
         path = out / shard_name(split, s, num_shards)
         if not path.exists():
             raise ConfigError(f"{path} is missing: the feature extraction did not finish; run it again (it resumes)")
-        shard = read_shard(path)
-        for r in shard:
+        for r in iter_shard(path):
             row = len(ids)
             if row >= num_images:
                 raise ConfigError(f"{path} holds more images than {INFO_FILE} says split {split!r} has ({num_images})")
@@ -450,7 +462,6 @@ def load_split(out_dir, split: str) -> dict:
             categories.append(r["category_id"])
             indices.append(r["index"])
             metadata.append(r["metadata"])
-        del shard
     if len(ids) != num_images:
         raise ConfigError(f"{out} split {split!r}: {INFO_FILE} says {num_images} images, its shards hold {len(ids)}")
     return {"tokens": tokens,
