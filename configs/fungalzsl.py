@@ -21,6 +21,8 @@ Arguments after the colon:
   data_dir  folder with the FungalZSL caption files (config.data.captions_dir; no default: the
             captions fungalzsl_split/fungalzsl_generated need it, the others do not)
   runlocal  small, CPU-sized run (the README's ./launch/local.sh)
+  val_shifts  also evaluate zero-shot during training on shifted *validation* renders (val_paper,
+            val_zoom_out, val_size<2/3>; the val seed) to choose recipes on; never the unseen generator
 
 Selection and seeds: during training the evaluators run on the rendered *val* split every
 `eval_every` steps; the checkpoint with the best val `best_metric` is kept and the *test* split is
@@ -43,7 +45,7 @@ RUNLOCAL_CPU_SIZE = 96  # rn_tiny / cnn_tiny with runlocal; launch/local.sh rend
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, arch="b32", init="scratch", captions="scene", preset="realistic",
-                    data_dir="", runlocal=False)
+                    data_dir="", runlocal=False, val_shifts=False)
     if arg.arch not in ARCHS:
         raise ValueError(f"config argument 'arch' must be one of {ARCHS}, got {arg.arch!r}")
     config = ml_collections.ConfigDict()
@@ -108,7 +110,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # loss would push apart texts that are equally right. Off for per-image captions (`scene`):
     # each text describes one image, and the other images of its stage are true negatives.
     per_image = arg.captions == "scene"
-    config.loss = ml_collections.ConfigDict(dict(class_aware=not per_image, combine="sum"))
+    # instance_weight w (with class_aware): L = L_class_aware + w * L_clip, the second term pulling
+    # each image to its own caption (per-image `scene` captions; instance retrieval, issue 21.5)
+    config.loss = ml_collections.ConfigDict(dict(class_aware=not per_image, combine="sum", instance_weight=0.0))
 
     # FSDP for L/14 sizes: fsdp=-1 puts every device on the fsdp axis (parameters and optimizer
     # state split N ways; the batch is split over data x fsdp either way). On many hosts prefer
@@ -174,6 +178,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             config.total_steps = 2000
             config.warmup_steps = 100
             config.eval_every = 1000
+            # Issue 21, measured on one seed each under load, not the default: the instance term
+            # (config.loss.instance_weight 0.5 or 1.0) left instance R@1 at 0.005-0.02 of 600; the
+            # renderer's domain randomisation (builder config realistic_224_randomised) lifted
+            # the authors' generator (test_paper) from 0.33 to 0.74-0.89 but cost the own test
+            # split (0.90-0.74 against 0.955), so the main job keeps this recipe (docs/training.md).
     # Robustness (fungizsl/data/robustness.py): zero-shot on the test scenes re-rendered under a
     # shift the model never trained on, once after training (every=0 on a `test_<condition>`
     # split); summary.json "robustness/<condition>". Sizes: 2/3 and 4/3 of the training size.
@@ -182,6 +191,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.robustness_per_class = 100
     size = config.data.image_size
     shifts = ("gray", "zoom_out", "zoom_in", f"size{round(size * 2 / 3)}", f"size{round(size * 4 / 3)}")
+    if arg.val_shifts:  # shifted *validation* splits to choose on (fungalzsl/inputs.py validation_condition)
+        for condition in ("paper", "zoom_out", f"size{round(size * 2 / 3)}"):
+            config.evals[f"val_{condition}"] = ml_collections.ConfigDict(dict(
+                type="zeroshot", split=f"val_{condition}", every=every, sources=(prompts,)))
     for condition in ("paper", *shifts, "unseen", *(f"unseen_{shift}" for shift in shifts)):
         config.evals[f"robust_{condition}"] = ml_collections.ConfigDict(dict(
             type="zeroshot", split=f"test_{condition}", every=0, sources=(prompts,)))

@@ -15,7 +15,8 @@ paired caption as target, plus the same over text->image.
 * `class_aware_clip_loss` is a variant for FungalZSL's setting, where captions describe a
   *class* (a growth stage), not one image: two items of the same class are not pushed apart;
   every same-class item is a positive with equal share of a soft target. With all labels
-  distinct it is exactly `clip_loss`.
+  distinct it is exactly `clip_loss`. `contrastive_loss(..., instance_weight=w)` adds `w` times
+  `clip_loss` to it, so each image is also pulled to its own caption (instance retrieval).
 
 `scale` is the multiplier of the cosine similarities, i.e. `exp(logit_scale) = 1 / temperature`
 (what `ClipModel.temperature_scale()` returns). Everything is computed in float32.
@@ -133,12 +134,29 @@ def class_aware_clip_loss(zimg: jax.Array, ztxt: jax.Array, scale: jax.Array | f
 
 
 def contrastive_loss(zimg, ztxt, scale, labels=None, class_aware: bool = False,
-                     combine: str = "mean") -> LossOutput:
-    """The trainer's switch: `class_aware=False` -> `clip_loss`; True -> `class_aware_clip_loss`."""
+                     combine: str = "mean", instance_weight: float = 0.0) -> LossOutput:
+    """The trainer's switch: `class_aware=False` -> `clip_loss`; True -> `class_aware_clip_loss`.
+
+    With `class_aware=True` and `instance_weight` w > 0 the loss is
+    `class_aware_clip_loss + w * clip_loss`: the class-aware term makes same-stage pairs positives
+    (the zero-shot target is a class), the instance term still pulls each image to its *own*
+    caption (per-image scene captions describe one image: instance retrieval). The metrics are the
+    class-aware term's, plus `l_class` and `l_instance` (each term's value) and the instance
+    term's in-batch `instance_i2t_top1` / `instance_t2i_top1`; `loss` is the total.
+    """
+    if instance_weight < 0:
+        raise ValueError(f"instance_weight must be >= 0, got {instance_weight}")
     if class_aware:
         if labels is None:
             raise ValueError("class_aware=True needs the batch's class labels")
-        return class_aware_clip_loss(zimg, ztxt, scale, labels, combine)
+        loss, metrics = class_aware_clip_loss(zimg, ztxt, scale, labels, combine)
+        if instance_weight > 0:
+            l_inst, inst = clip_loss(zimg, ztxt, scale, combine)
+            metrics = dict(metrics, l_class=loss, l_instance=l_inst, instance_i2t_top1=inst["i2t_top1"],
+                           instance_t2i_top1=inst["t2i_top1"])
+            loss = loss + instance_weight * l_inst
+            metrics["loss"] = loss
+        return loss, metrics
     return clip_loss(zimg, ztxt, scale, combine)
 
 

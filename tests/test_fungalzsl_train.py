@@ -196,3 +196,20 @@ def test_an_init_that_brings_its_tokenizer_builds_no_tokenizer_corpus(straight, 
         fungalzsl.make_task(config, tmp_path / name, core.make_mesh(config))
         assert len(calls) == (name == "scratch"), (name, calls)
         assert (tmp_path / name / "tokenizer").exists() == (name == "scratch"), name
+
+
+
+def test_val_shifts_add_validation_renders_and_the_loss_has_an_instance_weight():
+    """Issue 21: shifted validation splits to choose on (never the unseen generator), and the
+    instance term's weight in the loss config (its numbers: tests/test_loss_instance.py)."""
+    from configs import fungalzsl as fungalzsl_config
+    from fungizsl.train import core
+
+    config = fungalzsl_config.get_config("arch=cnn_tiny,runlocal,val_shifts=True")
+    shifted = {name: cfg.split for name, cfg in config.evals.items() if cfg.split.startswith("val_")}
+    assert set(shifted.values()) == {"val_paper", "val_zoom_out", "val_size64"}
+    assert all(config.evals[name].every > 0 for name in shifted)
+    core.check_evals(config)  # a validation split may run during training
+    plain = fungalzsl_config.get_config("arch=cnn_tiny,runlocal")
+    assert not any(cfg.split.startswith("val_") for cfg in plain.evals.values())
+    assert plain.loss.instance_weight >= 0 and plain.loss.class_aware

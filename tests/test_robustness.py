@@ -10,10 +10,13 @@ from fungizsl.train import core
 from trainer_runs import finish, start_training
 
 BASE = synthetic.RenderConfig(image_size=48)
+# the zoom shifts as the FungalZSL trainer draws them (fungalzsl/inputs.py): every image at the
+# shifted magnification, no fields of small colonies (those keep their own low magnification)
+SINGLE = synthetic.RenderConfig(image_size=48, field_fraction=0.0)
 
 
-def _source(condition, n=3):
-    return robustness.ShiftedSource(condition, synthetic.STAGES, n, seed=7, base=BASE)
+def _source(condition, n=3, base=BASE):
+    return robustness.ShiftedSource(condition, synthetic.STAGES, n, seed=7, base=base)
 
 
 def test_each_condition_changes_what_it_says_and_keeps_the_scene():
@@ -32,8 +35,8 @@ def test_each_condition_changes_what_it_says_and_keeps_the_scene():
 
 def test_zoom_conditions_draw_magnification_outside_the_training_range():
     train_lo, train_hi = synthetic.RenderConfig().magnification
-    out = [json.loads(r["scene"])["magnification"] for r in (_source("zoom_out")[i] for i in range(9))]
-    into = [json.loads(r["scene"])["magnification"] for r in (_source("zoom_in")[i] for i in range(9))]
+    out = [json.loads(r["scene"])["magnification"] for r in (_source("zoom_out", base=SINGLE)[i] for i in range(9))]
+    into = [json.loads(r["scene"])["magnification"] for r in (_source("zoom_in", base=SINGLE)[i] for i in range(9))]
     assert max(out) < train_lo and min(into) > train_hi
 
 
@@ -88,3 +91,16 @@ def test_a_run_reports_every_shifted_test_set(tmp_path):
         assert abs(numbers["zeroshot_accuracy"] * 9 - round(numbers["zeroshot_accuracy"] * 9)) < 1e-3
     final = json.loads((tmp_path / "eval_metrics.json").read_text())["final"]
     assert "robust_paper/accuracy" in final and "robust_unseen/accuracy" in final and "zeroshot/accuracy" in final
+
+
+def test_shifted_validation_splits_name_their_condition_and_never_the_unseen_generator():
+    from fungizsl.fungalzsl import inputs
+
+    assert inputs.validation_condition("val_paper") == "paper"
+    assert inputs.validation_condition("val_size64") == "size64"
+    assert inputs.validation_condition("val") is None and inputs.validation_condition("test_paper") is None
+    for split in ("val_unseen", "val_unseen_gray"):
+        with pytest.raises(ValueError, match="evaluation only"):
+            inputs.validation_condition(split)
+    with pytest.raises(ValueError, match="unknown robustness condition"):
+        inputs.validation_condition("val_blurry")

@@ -68,7 +68,8 @@ def test_scene_numbers_describe_the_stage(scenes):
     cover = {st: np.median([s.coverage for s in scenes[st]]) for st in ("hyphae", "mycelium")}
     assert depth["mycelium"] > depth["hyphae"] and cover["mycelium"] > cover["hyphae"]
     assert all(s.conidiophores > 0 for s in scenes["sporulating_hyphae"][:30] if s.branches > 3)
-    assert {s.background for group in scenes.values() for s in group} == set(synthetic.BACKGROUNDS)
+    # the microscopy families; flat colour on white only with white_background (off by default)
+    assert {s.background for group in scenes.values() for s in group} == set(synthetic.BACKGROUNDS) - {"white"}
 
 
 def test_paper_preset_coverage_is_the_painted_fraction():
@@ -239,3 +240,23 @@ def test_number_text():
 def test_scene_params_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         _scene().spores = 3
+
+
+def test_field_captions_say_several_small_colonies():
+    """The layout is a fact of the image: a field of small colonies is said so, a single scene never."""
+    field_texts = {p.text for p in sp.PHRASES["imaging.layout.field"]["train"]}
+    config = synthetic.RenderConfig(image_size=32, field_fraction=0.5)
+    rng = np.random.default_rng(1)
+    said = {"field": 0, "single": 0}
+    for i in range(30):
+        scene = synthetic.render_scene("hyphae", i, 0, config)[1]
+        for _ in range(4):
+            drawn = sc.draw_caption(scene, rng)
+            if "layout" in drawn.mentions:
+                said[scene.layout] += 1
+                assert any(t in drawn.text.lower() for t in field_texts), drawn.text
+    assert said["field"] > 0 and said["single"] == 0
+    paper = synthetic.render_scene("mycelium", 0, 0, synthetic.RenderConfig(image_size=32, preset="paper"))[1]
+    assert paper.layout == "field"
+    assert synthetic.render_scene("spore", 0, 0, synthetic.RenderConfig(image_size=32, preset="paper"))[1].layout \
+        == "single"

@@ -174,6 +174,55 @@ def test_realistic_backgrounds_vary():
     assert corners.std(axis=0).min() > 15.0  # dark-field, stained and bright-field fields all occur
     kinds = {synthetic.sample_style(synthetic.image_rng("spore", i, 0), 64).kind for i in range(40)}
     assert kinds == set(synthetic.BACKGROUNDS)
+    micro = {synthetic.sample_style(synthetic.image_rng("spore", i, 0), 64, white=False).kind for i in range(40)}
+    assert micro == set(synthetic.BACKGROUNDS) - {"white"}
+
+
+# ---------------------------------------------------------------------------------------------- domain randomisation
+
+FIELD = RenderConfig(image_size=64, field_fraction=1.0)
+
+
+def test_field_layout_is_deterministic_and_respects_its_ranges():
+    for stage in ("hyphae", "mycelium"):
+        for i in range(6):
+            image, scene = synthetic.render_scene(stage, i, 3, FIELD)
+            np.testing.assert_array_equal(image, render_image(stage, i, 3, FIELD))
+            assert scene.layout == "field"
+            assert FIELD.n_colonies[0] <= scene.colonies <= FIELD.n_colonies[1]
+            lo, hi = FIELD.field_magnification
+            assert lo <= scene.magnification <= hi
+    # free spores have no colonies to scatter: one scene at the usual magnification
+    spores = [synthetic.render_scene("spore", i, 3, FIELD)[1] for i in range(6)]
+    assert all(s.layout == "single" and 0.6 <= s.magnification <= 1.7 for s in spores)
+
+
+def test_field_fraction_sets_the_share_of_fields():
+    none = RenderConfig(image_size=32, field_fraction=0.0)
+    assert all(synthetic.render_scene("hyphae", i, 0, none)[1].layout == "single" for i in range(10))
+    some = RenderConfig(image_size=32, field_fraction=0.5)
+    layouts = [synthetic.render_scene("mycelium", i, 0, some)[1].layout for i in range(40)]
+    assert 8 <= layouts.count("field") <= 32
+
+
+def test_field_colonies_are_smaller_than_single_scenes():
+    single = RenderConfig(image_size=64, field_fraction=0.0)
+    width = {c.field_fraction: np.median([synthetic.render_scene("hyphae", i, 0, c)[1].filament_width
+                                          for i in range(12)]) for c in (single, FIELD)}
+    assert width[1.0] < 0.5 * width[0.0]
+
+
+def test_white_family_is_flat_colour_on_white():
+    assert not RenderConfig().white_background and RenderConfig().field_fraction == 0  # the defaults: as before
+    config = RenderConfig(image_size=48, white_background=True)
+    found = 0
+    for i in range(40):
+        image, scene = synthetic.render_scene("hyphae", i, 0, config)
+        if scene.background == "white":
+            found += 1
+            assert scene.medium_colour == "white" and scene.noise <= 3.0 and scene.debris_specks == 0
+            assert np.median(image.reshape(-1, 3).min(axis=1)) > 225  # mostly page
+    assert found >= 3
 
 
 def _mean_segments(stage: str, overlap: float, n: int = 20) -> float:
@@ -246,7 +295,9 @@ def test_unknown_names_raise_with_the_valid_ones(call, bad):
     assert ("spore" in message and "mycelium" in message) or ("realistic" in message and "paper" in message)
 
 
-@pytest.mark.parametrize("kwargs", [dict(hyphae_mycelium_overlap=1.5), dict(image_size=4), dict(stages=())])
+@pytest.mark.parametrize("kwargs", [dict(hyphae_mycelium_overlap=1.5), dict(image_size=4), dict(stages=()),
+                                    dict(field_fraction=1.5), dict(n_colonies=(5, 2)),
+                                    dict(field_magnification=(0.0, 0.5))])
 def test_bad_config_values_raise(kwargs):
     with pytest.raises(ValueError):
         RenderConfig(**kwargs)

@@ -171,6 +171,8 @@ def _imaging(w: _Writer) -> list:
     s, out = w.scene, []
     out.append((0.4, lambda: w.phrase(f"imaging.{s.background}", "background", colour=s.colour,
                                       medium=s.medium_colour)))
+    if s.layout == "field" and structure(s) in ("network", "sporulating"):
+        out.append((0.6, lambda: w.phrase("imaging.layout.field", "layout")))
     if s.preset in ("paper", "colony"):  # flat drawings: no optics to describe
         return out
     out.append((0.25, lambda: w.phrase(f"imaging.magnification.{magnification(s)}", "magnification")))

@@ -47,6 +47,7 @@ class SceneParams:
     filament_width: float = 0.0  # first-generation width, px of a 224 px image
     conidiophores: int = 0  # spore-bearing stalks in view
     chain_length: int = 0  # conidia per chain
+    layout: str = "single"  # single: one scene at `magnification`; field: several small colonies across it
     background: str = "white"  # brightfield | darkfield | stained | phase | agar | white (paper)
     colour: str = ""  # colour name of the fungal structures
     medium_colour: str = ""  # colour name of the background
@@ -111,7 +112,8 @@ def colour_name(rgb) -> str:
 
 
 def describe(stage: str, preset: str, image_size: int, facts: Mapping, coverage: float, *,
-             magnification: float = 1.0, style=None, colour=None, spore_arrangement: str = "scattered") -> SceneParams:
+             magnification: float = 1.0, style=None, colour=None, spore_arrangement: str = "scattered",
+             layout: str = "single") -> SceneParams:
     """Assemble a :class:`SceneParams` from a shape scene's ``facts`` and the image's style.
 
     ``style`` is the realistic preset's :class:`~fungizsl.data.synthetic.Style` (None for the paper
@@ -128,7 +130,8 @@ def describe(stage: str, preset: str, image_size: int, facts: Mapping, coverage:
         initial_branches=int(facts.get("initial_branches", 0)), branches=int(facts.get("branches", 0)),
         branches_in_view=int(facts.get("branches_in_view", 0)),
         filament_width=round(float(facts.get("filament_width", 0.0)) / u, 3),
-        conidiophores=int(facts.get("conidiophores", 0)), chain_length=int(facts.get("chain_length", 0)))
+        conidiophores=int(facts.get("conidiophores", 0)), chain_length=int(facts.get("chain_length", 0)),
+        layout=layout)
     if style is None:
         return SceneParams(**common, background="white", colour=colour_name(colour), medium_colour="white")
     return SceneParams(

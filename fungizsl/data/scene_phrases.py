@@ -197,6 +197,9 @@ _slot("imaging.agar", ["growing on {medium} agar", "on an agar plate", "on a {me
       ["on a dish of {medium} agar"])
 _slot("imaging.white", ["drawn in {colour} on white", "on a plain white background", "{colour} line art"],
       ["{colour} drawing on a white page"])
+_slot("imaging.layout.field", ["several small colonies scattered across the field",
+                               "many small separate colonies across a wide field", "a field dotted with small colonies"],
+      ["numerous little growth centres spread over the view"])
 _slot("imaging.magnification.low", ["at low magnification", "low-power view", "zoomed out"],
       ["seen from afar under the lens"])
 _slot("imaging.magnification.medium", ["at medium magnification", "medium-power view"], ["at moderate zoom"])

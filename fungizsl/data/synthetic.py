@@ -19,6 +19,10 @@ summary under shared/papers holds only its abstract.)  Three presets:
 * ``"realistic"`` (the default): the task made honest.  Colour is drawn independently of
   the stage, and each image varies background (agar plate, bright-field, dark-field, stained,
   phase contrast), magnification, density, focus blur, noise, illumination gradient and debris.
+  Domain randomisation (issue 21): a share of the network images is a field of several small
+  colonies at low magnification with thin filaments (``field_fraction``, :func:`field_morphology`;
+  the scene's ``layout`` says which), and flat colour of any hue on white joins the backgrounds
+  (``white_background``), so scale and style are no shortcut; all drawn with this module's shapes.
   ``hyphae_mycelium_overlap`` in [0, 1] sets how far the hyphae and mycelium morphology ranges
   (depth, branching, density, ...) are pulled towards their union; at 1 the two stages are drawn
   from the same distribution (the paper's hard pair, made as hard as you like).
@@ -51,7 +55,11 @@ STAGES = ("spore", "hyphae", "mycelium")  # the paper's classes: the default cla
 EXTRA_STAGES = ("germinating_spore", "sporulating_hyphae")
 ALL_STAGES = STAGES + EXTRA_STAGES
 PRESETS = ("realistic", "paper", "colony")
-BACKGROUNDS = ("brightfield", "darkfield", "stained", "phase", "agar")
+# "white": flat colour of any hue on a white page, the look of the authors' drawings (colour is
+# still drawn independently of the stage)
+BACKGROUNDS = ("brightfield", "darkfield", "stained", "phase", "agar", "white")
+BACKGROUND_PROBS = (0.2, 0.12, 0.2, 0.12, 0.16, 0.2)
+LAYOUTS = ("single", "field")  # realistic networks: one scale, or several small colonies across the field
 
 REFERENCE_SIZE = 224.0  # lengths below are in pixels of a 224 px image and scale with image_size
 
@@ -116,6 +124,19 @@ class RenderConfig:
     # realistic preset: per-image magnification drawn log-uniformly in this range (robustness
     # tests shift it outside the training range; the draw consumes the same random numbers)
     magnification: tuple[float, float] = (0.6, 1.7)
+    # realistic preset, domain randomisation of scale: this fraction of the network images (hyphae,
+    # mycelium, ...) is a "field" of several small colonies (n_colonies of them, origins anywhere in
+    # the field) at a magnification drawn log-uniformly in field_magnification, with filaments
+    # thinned by a factor in field_width; their spores keep a scale of their own. 0 (the default,
+    # the main job's renders): every image is one scene at `magnification` (the layout draw
+    # consumes no random numbers then). The builder config realistic_224_randomised uses 0.3.
+    field_fraction: float = 0.0
+    field_magnification: tuple[float, float] = (0.1, 1.0)
+    n_colonies: tuple[int, int] = (4, 12)
+    field_width: tuple[float, float] = (0.35, 1.0)
+    # realistic preset: draw backgrounds from BACKGROUNDS (with "white") instead of the five
+    # microscopy families only (False by default: pixels as before; True in realistic_224_randomised)
+    white_background: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -132,6 +153,13 @@ class RenderConfig:
         if not 0.0 < lo <= hi:
             raise ValueError(f"magnification must be a range (low, high) with 0 < low <= high, got {self.magnification}")
         object.__setattr__(self, "magnification", (float(lo), float(hi)))
+        if not 0.0 <= self.field_fraction <= 1.0:
+            raise ValueError(f"field_fraction must lie in [0, 1], got {self.field_fraction}")
+        for name in ("field_magnification", "field_width", "n_colonies"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be a range (low, high) with 0 < low <= high, got {(lo, hi)}")
+            object.__setattr__(self, name, (type(lo)(lo), type(hi)(hi)))
         if self.supersample not in (1, 2, 3, 4):
             raise ValueError(f"supersample must be 1, 2, 3 or 4, got {self.supersample}")
 
@@ -163,7 +191,8 @@ def render_scene(stage: str, index: int, seed: int = 0,
         field = fungalzsl_generator.build_field(rng, stage)
         image, coverage = fungalzsl_generator.draw_field(field, size, config.supersample)
         return image, describe(stage, "paper", size, fungalzsl_generator.field_facts(field, size), coverage,
-                               colour=PAPER_COLOURS[stage])
+                               colour=PAPER_COLOURS[stage],
+                               layout="single" if stage in ("spore", "germinating_spore") else "field")
     if config.preset == "colony":
         morph = colony_morphology(rng, stage, size)
         shapes = build_scene(rng, stage, morph)
@@ -171,13 +200,18 @@ def render_scene(stage: str, index: int, seed: int = 0,
         scene = describe(stage, "colony", size, shapes.facts, _coverage(mask), colour=COLONY_COLOURS[stage],
                          spore_arrangement=morph.arrangement)
         return compose_flat(mask, COLONY_COLOURS[stage]), scene
-    style = sample_style(rng, size)
-    morph = realistic_morphology(rng, stage, size, config.hyphae_mycelium_overlap, config.magnification)
+    style = sample_style(rng, size, config.white_background)
+    field = config.field_fraction > 0 and stage not in ("spore", "germinating_spore") \
+        and rng.random() < config.field_fraction
+    if field:
+        morph = field_morphology(rng, stage, size, config)
+    else:
+        morph = realistic_morphology(rng, stage, size, config.hyphae_mycelium_overlap, config.magnification)
     shapes = build_scene(rng, stage, morph)
     mask = rasterise(shapes, size, config.supersample)
     debris = rasterise(debris_scene(rng, size, style.specks, style.fibres, size / REFERENCE_SIZE), size, 1)
     scene = describe(stage, "realistic", size, shapes.facts, _coverage(mask), magnification=morph.magnification,
-                     style=style, spore_arrangement=morph.arrangement)
+                     style=style, spore_arrangement=morph.arrangement, layout="field" if field else "single")
     return compose_realistic(rng, mask, debris, style, size), scene
 
 
@@ -287,6 +321,24 @@ def realistic_morphology(rng: np.random.Generator, stage: str, size: int, overla
                       conidium_radius=u * mag * rng.uniform(1.3, 2.3), magnification=mag, **spores)
 
 
+def field_morphology(rng: np.random.Generator, stage: str, size: int, config: RenderConfig) -> Morphology:
+    """Several small colonies across the field: the realistic stage ranges at a low magnification.
+
+    The network is drawn as :func:`realistic_morphology` draws it at a magnification from
+    ``config.field_magnification``, then given ``config.n_colonies`` origins anywhere in the field
+    and filaments thinned by a factor from ``config.field_width``. Colonies stay the stage's: a
+    hyphal colony is a few short branches, a mycelial one a dense tuft.
+    """
+    morph = realistic_morphology(rng, stage, size, config.hyphae_mycelium_overlap, config.field_magnification)
+    thin = rng.uniform(*config.field_width)
+    n = int(rng.integers(config.n_colonies[0], config.n_colonies[1] + 1))
+    net = morph.network
+    net = dataclasses.replace(net, width=net.width * thin, min_width=net.min_width * thin,
+                              max_tips=max(net.max_tips, 6 * n), origin_scatter=0.0)
+    return dataclasses.replace(morph, network=net, n_origins=n, origin_margin=float(rng.uniform(0.05, 0.2)),
+                               stalk_width=morph.stalk_width * thin)
+
+
 # ----------------------------------------------------------------------------------------------
 # Appearance: background, colours and optics (realistic preset), independent of the stage
 # ----------------------------------------------------------------------------------------------
@@ -317,10 +369,18 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1)))) * 255.0
 
 
-def sample_style(rng: np.random.Generator, size: int) -> Style:
-    """Background, palette and optics of one realistic image; nothing here depends on the stage."""
+def sample_style(rng: np.random.Generator, size: int, white: bool = True) -> Style:
+    """Background, palette and optics of one realistic image; nothing here depends on the stage.
+
+    ``white=True`` (the default) includes the flat-colour-on-white family (:data:`BACKGROUND_PROBS`);
+    False draws the five microscopy families only, as before issue 21."""
     u = size / REFERENCE_SIZE
-    kind = BACKGROUNDS[int(rng.choice(len(BACKGROUNDS), p=[0.25, 0.15, 0.25, 0.15, 0.2]))]
+    if white:
+        kind = BACKGROUNDS[int(rng.choice(len(BACKGROUNDS), p=BACKGROUND_PROBS))]
+        if kind == "white":
+            return _white_style(rng, u)
+    else:
+        kind = BACKGROUNDS[int(rng.choice(5, p=[0.25, 0.15, 0.25, 0.15, 0.2]))]
     tint = lambda s: 1.0 + rng.normal(0.0, s, 3)  # noqa: E731
     halo, soften, opacity = 0.0, 0.0, rng.uniform(0.75, 1.0)
     if kind == "brightfield":
@@ -350,6 +410,16 @@ def sample_style(rng: np.random.Generator, size: int) -> Style:
                  noise=rng.uniform(1.0, 10.0), gradient=rng.uniform(0.0, 0.5), gradient_angle=rng.uniform(0, 2 * np.pi),
                  vignette=rng.uniform(0.0, 0.6), specks=int(rng.poisson(rng.uniform(0, 25))),
                  fibres=int(rng.poisson(rng.uniform(0, 1.5))), debris_alpha=rng.uniform(0.4, 0.9))
+
+
+def _white_style(rng: np.random.Generator, u: float) -> Style:
+    """Flat, saturated colour of any hue on a white page, little optics: a drawing, not a micrograph."""
+    colour = _hsv(rng.random(), rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0))
+    return Style(kind="white", background=np.full(3, rng.uniform(238.0, 255.0)), wall=colour, lumen=colour,
+                 opacity=float(rng.uniform(0.7, 1.0)), texture=0.0, texture_cells=3, halo=0.0, soften=0.0,
+                 blur=float(rng.uniform(0.3, 1.0) * u if rng.random() < 0.3 else 0.0),
+                 noise=float(rng.uniform(0.0, 3.0)), gradient=0.0, gradient_angle=0.0, vignette=0.0,
+                 specks=0, fibres=0, debris_alpha=0.0)
 
 
 @functools.lru_cache(maxsize=8)

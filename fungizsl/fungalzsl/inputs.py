@@ -37,6 +37,23 @@ from fungizsl.data.caption_text import Caption
 from fungizsl.errors import ConfigError
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+VAL_PREFIX = "val_"
+
+
+def validation_condition(split: str) -> str | None:
+    """The condition of a shifted *validation* split ``val_<condition>`` (e.g. ``val_paper``), or None.
+
+    It renders the val split's scenes under a robustness condition of the training renderer or the
+    authors' generator (:mod:`fungizsl.data.robustness`), with the val seed: a shifted split to
+    choose on, so that the ``test_<condition>`` numbers are looked at once. The independent
+    generator (``unseen``) has no validation split: it is never used for a decision.
+    """
+    if not split.startswith(VAL_PREFIX):
+        return None
+    condition = robustness.check_condition(split[len(VAL_PREFIX):])
+    if robustness.is_unseen(condition):
+        raise ValueError(f"split {split!r}: the unseen generator is for evaluation only, it has no validation split")
+    return condition
 
 
 class FungalZSLData:
@@ -78,12 +95,15 @@ class FungalZSLData:
 
     def _open_source(self, split: str):
         d = self.data
-        if robustness.is_robustness_split(split):  # rendered for evaluation, whatever data.kind is
+        shifted = validation_condition(split)
+        if robustness.is_robustness_split(split) or shifted:  # rendered for evaluation, whatever data.kind is
+            condition, seed_of = (shifted, "val") if shifted else (robustness.condition_of(split), "test")
+            # a zoom shift draws every image at its magnification: no fields of small colonies
+            fields = {} if condition not in ("zoom_out", "zoom_in") else {"field_fraction": 0.0}
             base = synthetic.RenderConfig(image_size=d.image_size, preset="realistic",
-                                          hyphae_mycelium_overlap=d.overlap, stages=tuple(self.class_names))
-            return robustness.ShiftedSource(robustness.condition_of(split), self.class_names,
-                                            d.get("robustness_per_class", 100),
-                                            seed=self.data_seed + SPLIT_SEED_OFFSET["test"], base=base)
+                                          hyphae_mycelium_overlap=d.overlap, stages=tuple(self.class_names), **fields)
+            return robustness.ShiftedSource(condition, self.class_names, d.get("robustness_per_class", 100),
+                                            seed=self.data_seed + SPLIT_SEED_OFFSET[seed_of], base=base)
         if d.kind == "tfds":
             if not d.tfds_dir or not d.tfds_config:
                 raise ValueError("config.data.kind='tfds' needs config.data.tfds_dir and config.data.tfds_config")
@@ -106,7 +126,7 @@ class FungalZSLData:
     def captions(self, name: str, split: str) -> dict:
         """class name -> texts of caption source `name` (for `fungalzsl_split`: of `split`; a
         robustness split `test_<condition>` uses the test split's)."""
-        split = "test" if robustness.is_robustness_split(split) else split
+        split = "test" if robustness.is_robustness_split(split) else "val" if validation_condition(split) else split
         if (name, split) not in self._captions:
             self._captions[name, split] = self._read_captions(name, split)
         return self._captions[name, split]

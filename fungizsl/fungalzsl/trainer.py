@@ -47,8 +47,9 @@ def make_encoder(model):
 # Loss
 # ---------------------------------------------------------------------------------------------
 
-def make_loss_fn(model, class_aware: bool, combine: str):
-    """The Task's loss: the symmetric contrastive loss on the global batch."""
+def make_loss_fn(model, class_aware: bool, combine: str, instance_weight: float = 0.0):
+    """The Task's loss: the symmetric contrastive loss on the global batch (class-aware, plus
+    `instance_weight` times the per-image term: :func:`fungizsl.losses.contrastive_loss`)."""
     encode = make_encoder(model)
 
     def loss_fn(params, extra, batch, rng):
@@ -63,7 +64,8 @@ def make_loss_fn(model, class_aware: bool, combine: str):
             zimg, ztxt = encode(variables, batch["image"], batch["input_ids"])
         scale = jnp.exp(jnp.minimum(params["logit_scale"], two_towers.MAX_LOGIT_SCALE))
         loss, metrics = losses.contrastive_loss(zimg, ztxt, scale, labels=batch["label"],
-                                                class_aware=class_aware, combine=combine)
+                                                class_aware=class_aware, combine=combine,
+                                                instance_weight=instance_weight)
         return loss, (dict(metrics, temperature_scale=scale), extra)
 
     return loss_fn
@@ -181,8 +183,14 @@ def summarise(results: dict, class_names, robust: dict[str, str] | None = None) 
         "recall@1_text_to_image": results["retrieval/class/text_to_image/recall@1"],
         "recall@5_image_to_text": results["retrieval/class/image_to_text/recall@5"],
         "recall@5_text_to_image": results["retrieval/class/text_to_image/recall@5"],
+        "recall@10_image_to_text": results.get("retrieval/class/image_to_text/recall@10"),
+        "recall@10_text_to_image": results.get("retrieval/class/text_to_image/recall@10"),
         "instance_recall@1_image_to_text": results.get("retrieval/instance/image_to_text/recall@1"),
         "instance_recall@1_text_to_image": results.get("retrieval/instance/text_to_image/recall@1"),
+        "instance_recall@5_image_to_text": results.get("retrieval/instance/image_to_text/recall@5"),
+        "instance_recall@5_text_to_image": results.get("retrieval/instance/text_to_image/recall@5"),
+        "instance_recall@10_image_to_text": results.get("retrieval/instance/image_to_text/recall@10"),
+        "instance_recall@10_text_to_image": results.get("retrieval/instance/text_to_image/recall@10"),
         "per_class_accuracy": {c: results[f"zeroshot/per_class/{c}"] for c in class_names},
         "confusion_matrix": np.asarray(results["zeroshot/confusion"]).tolist(),
     }
@@ -238,7 +246,8 @@ def make_task(config, workdir: epath.Path, mesh) -> core.Task:
         name="fungalzsl",
         init_variables=init_fn(model),
         load_variables=(lambda: variables) if variables is not None else None,
-        loss_fn=make_loss_fn(model, config.loss.class_aware, config.loss.get("combine", "mean")),
+        loss_fn=make_loss_fn(model, config.loss.class_aware, config.loss.get("combine", "mean"),
+                             config.loss.get("instance_weight", 0.0)),
         post_update=clamp_logit_scale,
         train_iterator=data.train_iterator(tokenizer),
         evaluate=Evaluation(config, data, model, tokenizer, mesh),

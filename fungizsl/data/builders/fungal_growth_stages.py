@@ -62,6 +62,8 @@ class GrowthStagesConfig(tfds.core.BuilderConfig):
     image_size: int = 224
     preset: str = "realistic"
     hyphae_mycelium_overlap: float = 0.3
+    field_fraction: float = 0.0  # domain randomisation of scale (synthetic.RenderConfig)
+    white_background: bool = False  # flat colour on white among the realistic backgrounds
     stages: tuple[str, ...] = synthetic.STAGES
     train_per_class: int = 1600  # the paper: 4,800 / 600 / 600 over three classes
     val_per_class: int = 200
@@ -83,7 +85,8 @@ class GrowthStagesConfig(tfds.core.BuilderConfig):
 
     def render_config(self) -> synthetic.RenderConfig:
         return synthetic.RenderConfig(image_size=self.image_size, preset=self.preset,
-                                      hyphae_mycelium_overlap=self.hyphae_mycelium_overlap, stages=self.stages)
+                                      hyphae_mycelium_overlap=self.hyphae_mycelium_overlap, stages=self.stages,
+                                      field_fraction=self.field_fraction, white_background=self.white_background)
 
     def per_class(self, split: str) -> int:
         return getattr(self, f"{split}_per_class")
@@ -105,6 +108,9 @@ BUILDER_CONFIGS = [
     _config("realistic_336", "Realistic preset at 336 px for ViT-L/14@336.", image_size=336, preset="realistic"),
     _config("paper_336", "The FungalZSL authors' generator at 336 px for ViT-L/14@336, PNG.", image_size=336,
             preset="paper", encoding="png"),
+    _config("realistic_224_randomised", "Realistic preset with scale and style randomised: 30 % of network "
+            "images are fields of 4-12 small colonies (magnification 0.1-1.0), flat colour on white among the "
+            "backgrounds.", image_size=224, preset="realistic", field_fraction=0.3, white_background=True),
     _config("realistic_224_hard", "Realistic preset, hyphae and mycelium drawn from one distribution.",
             image_size=224, preset="realistic", hyphae_mycelium_overlap=1.0),
     _config("realistic_224_five_stages", "Realistic preset with the two extra stages (five classes).",
@@ -129,10 +135,12 @@ class FungalGrowthStages(BuilderBase):
     ``if __name__ == "__main__"``, since spawned workers re-import the main module.
     """
 
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Each record carries its scene parameters ('scene').",
                      "1.2.0": "paper_224 / paper_336 render the FungalZSL authors' generator (ten small growth "
-                              "centres per field); the earlier single-colony look is the 'colony' preset."}
+                              "centres per field); the earlier single-colony look is the 'colony' preset.",
+                     "1.3.0": "realistic_224_randomised (fields of small colonies, flat colour on white); each "
+                              "record's scene gains 'layout'."}
     BUILDER_CONFIGS = BUILDER_CONFIGS
     DEFAULT_BUILDER_CONFIG_NAME = "realistic_224"
 
