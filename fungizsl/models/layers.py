@@ -51,7 +51,11 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 
 
 def exact_gelu(x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=False)
+    """GELU with the exact erf, x * (1 + erf(x / sqrt 2)) / 2, the form PyTorch computes.
+    `jax.nn.gelu(approximate=False)` uses the erfc form instead, which XLA:CPU runs about 1.3x
+    slower (a branchy erfc; measured alone on DINOv2-S's MLP activations, 1 thread); the two
+    agree to 1.1e-6 (float32, |x| < 15)."""
+    return x * (0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
