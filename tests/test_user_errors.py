@@ -64,7 +64,7 @@ def test_bad_arch_and_config_arguments(tmp_path):
                          f"{ARCHS}, got 'b33'")
     out = run_main("--config=configs/fungalzsl.py:arc=b32", workdir=tmp_path / "run")
     assert_one_line(out, "--config=configs/fungalzsl.py:arc=b32: unknown config argument 'arc'; known: "
-                         "['arch', 'captions', 'data_dir', 'init', 'preset', 'runlocal']")
+                         "['arch', 'captions', 'data_dir', 'init', 'preset', 'runlocal', 'val_shifts']")
     out = run_main("--config=configs/evaluate.py:openset=two", workdir=tmp_path / "run")
     assert_one_line(out, "--config=configs/evaluate.py:openset=two: config argument 'openset': invalid literal "
                          "for int() with base 10: 'two'")

@@ -36,8 +36,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import transformers
+from absl import app, flags, logging
 
-from fungizsl.bench import measure, runner
+from fungizsl import weights
+from fungizsl.bench import measure, runner, torch_clip
+from fungizsl.fungiclef import features
 
 # The published backbones' shapes (facebook/dinov2-small/base/large; patch 14); weights are
 # random. "tiny" is for tests and smoke runs (patch 7: image sizes that are multiples of 7).
@@ -63,9 +67,7 @@ def hf_config(variant: str, image_size: int) -> dict:
 def build_pair(config: dict, dtype: str = "float32", seed: int = 0):
     """(torch Dinov2Model, our module, params) holding the same random weights."""
     import torch
-    import transformers
 
-    from fungizsl import weights
 
     torch.manual_seed(seed)
     hf = transformers.Dinov2Model(transformers.Dinov2Config(**config)).eval()
@@ -132,7 +134,6 @@ def run_variant(name: str, config: dict, batch: int, rounds: int, dtype: str = "
     time both sides interleaved. Returns the record of one table row."""
     import torch
 
-    from fungizsl.fungiclef import features
 
     hf, module, params = model or build_pair(config, dtype, seed)
     images = np.random.RandomState(seed).randn(batch, config["image_size"], config["image_size"], 3).astype(np.float32)
@@ -189,9 +190,7 @@ def run(variants, batches, image_size: int, rounds: int, dtype: str = "float32",
         configs: dict | None = None) -> dict:
     """The whole record. `configs` ({name: Dinov2Config kwargs}) replaces `variants` (tests)."""
     import torch
-    import transformers
 
-    from fungizsl.bench import torch_clip
 
     threads = threads or len(measure.available_cores())
     torch_threads = torch_clip.set_threads(threads)
@@ -208,7 +207,6 @@ def run(variants, batches, image_size: int, rounds: int, dtype: str = "float32",
 
 
 def main(argv) -> None:
-    from absl import flags, logging
 
     del argv
     f = flags.FLAGS
@@ -227,7 +225,6 @@ def main(argv) -> None:
 
 
 def define_flags() -> None:
-    from absl import flags
 
     flags.DEFINE_string("variants", "s,b", f"comma list of {sorted(VARIANTS)} (DINOv2-S/B/L shapes, random weights)")
     flags.DEFINE_string("batch", "16", "comma list of batch sizes")
@@ -239,7 +236,6 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
 
     define_flags()
     app.run(main)

@@ -113,15 +113,9 @@ def normalise(images: np.ndarray) -> np.ndarray:
 def _metadata_json(record) -> bytes:
     out = {}
     for k, v in record.items():
-        if k == "image":
-            continue
-        if isinstance(v, bytes):
-            v = v.decode("utf-8")
-        elif isinstance(v, (np.generic,)):
-            v = v.item()
-        if isinstance(v, float) and math.isnan(v):
-            v = None
-        out[k] = v
+        if k != "image":
+            v = v.decode("utf-8") if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v
+            out[k] = None if isinstance(v, float) and math.isnan(v) else v
     return json.dumps(out).encode("utf-8")
 
 
@@ -283,9 +277,8 @@ def _write_shard(path: epath.Path, records: list[bytes]) -> None:
 
 
 def iter_shard(path, chunk: int = 64):
-    """The decoded records of a shard, in order, `chunk` records read at a time (a shard of DINOv2
-    tokens is about 0.8 GB: never held whole, raw or decoded); a remote shard is copied to a local
-    temporary file first (array_record reads local files)."""
+    """A shard's decoded records in order, read `chunk` at a time (a shard of DINOv2 tokens is about
+    0.8 GB: never held whole); a remote shard is copied to a local temporary file first."""
     path = epath.Path(path)
     with tempfile.TemporaryDirectory() as tmp:
         local = os.fspath(path)
@@ -301,10 +294,6 @@ def iter_shard(path, chunk: int = 64):
                     yield decode_record(raw)
         finally:
             reader.close()
-
-
-def read_shard(path) -> list[dict]:
-    return list(iter_shard(path))
 
 
 def _info(cfg: FeatureConfig, description: str, is_dinov2: bool, num_registers: int, sizes: dict) -> dict:

@@ -44,6 +44,7 @@ from fungizsl import workdir as workdir_lib
 from fungizsl.data.builders.fungiclef2025 import CSV_NAMES, read_metadata_csv
 from fungizsl.errors import ConfigError
 from fungizsl.fungiclef import features as feat_lib
+from fungizsl.fungiclef import full
 from fungizsl.fungiclef.splits import SPLITS
 
 TOWER = "random float16 features of DINOv2-B's shape (rehearsal; not DINOv2)"
@@ -295,7 +296,6 @@ def rehearse(csv_dir, workdir, keep: str = "tokens", steps: int = 20, width: int
              views: int = 2, tokens: int = 257, dim: int = 768, shard_size: int = 1024, seed: int = 0,
              batch_size: int = 128) -> dict:
     """Cache, full run, submission check; returns (and writes to workdir/rehearsal.json) the report."""
-    from fungizsl.fungiclef import full
 
     if steps < 2 or width < 1:
         raise ConfigError(f"--steps must be >= 2 (two checkpoints to ensemble) and --width >= 1; got {steps}, {width}")
