@@ -3,21 +3,15 @@
 XLA reads the device count once, when JAX first initialises its backend, so the flags must be set
 before any test module imports jax. They are forced, not defaulted: a cluster environment often
 sets XLA_FLAGS or JAX_PLATFORMS, and the multi-device tests need exactly eight CPU devices. The
-user's other XLA flags are kept.
+user's other XLA flags are kept. CPU collectives may wait long for the other simulated devices
+(fungizsl.cpu_devices says why).
 """
 
 import os
 
-DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+from fungizsl.cpu_devices import with_host_device_count
 
-
-def with_host_device_count(xla_flags: str, count: int = 8) -> str:
-    """`xla_flags` with the host device count set to `count` and every other flag kept."""
-    kept = [flag for flag in xla_flags.split() if flag.split("=", 1)[0] != DEVICE_COUNT_FLAG]
-    return " ".join(kept + [f"{DEVICE_COUNT_FLAG}={count}"])
-
-
-os.environ["XLA_FLAGS"] = with_host_device_count(os.environ.get("XLA_FLAGS", ""))
+os.environ["XLA_FLAGS"] = with_host_device_count(os.environ.get("XLA_FLAGS", ""), 8)
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -16,6 +16,7 @@ import pytest
 import fungiclef_runs
 import trainer_runs
 from configs import evaluate as evaluate_config
+from fungizsl import cpu_devices
 from fungizsl.errors import ConfigError
 from fungizsl.fungiclef import evaluate as fe
 from fungizsl.fungiclef import scoring, tables
@@ -57,8 +58,7 @@ def _write_csv(path, rows, columns=COLUMNS):
 
 
 def run_main(config_arg, workdir, *flags):
-    env = dict(os.environ, PYTHONPATH=trainer_runs.ROOT, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(cpu_devices.simulated_env(os.environ, 1), PYTHONPATH=trainer_runs.ROOT)
     return subprocess.run([sys.executable, "-m", "fungizsl.main", f"--config=configs/evaluate.py:{config_arg}",
                            f"--workdir={workdir}", *flags], cwd=trainer_runs.ROOT, env=env, capture_output=True,
                           text=True, timeout=600)

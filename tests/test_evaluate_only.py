@@ -14,7 +14,7 @@ import trainer_runs
 from configs import evaluate as evaluate_config
 from fungizsl.data import augment, synthetic
 from fungizsl.evaluate import zeroshot
-from fungizsl import runs
+from fungizsl import cpu_devices, runs
 from fungizsl.errors import ConfigError
 from fungizsl.data import image_sets
 from fungizsl.fungalzsl import evaluate as evaluate_only, load
@@ -46,8 +46,7 @@ def class_folder(tmp_path_factory):
 
 
 def run_main(config_arg, workdir, *flags):
-    env = dict(os.environ, PYTHONPATH=trainer_runs.ROOT, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(cpu_devices.simulated_env(os.environ, 1), PYTHONPATH=trainer_runs.ROOT)
     out = subprocess.run([sys.executable, "-m", "fungizsl.main", f"--config=configs/evaluate.py:{config_arg}",
                           f"--workdir={workdir}", *flags], cwd=trainer_runs.ROOT, env=env,
                          capture_output=True, text=True, timeout=300)

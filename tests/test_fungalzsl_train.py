@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from fungizsl import cpu_devices
 from trainer_runs import ROOT, TINY_FLAGS, assert_same_params, finish, start_training
 
 RUN = ("--config.batch_size=16", "--config.total_steps=12", "--config.warmup_steps=2",
@@ -86,7 +87,7 @@ def test_sigkill_then_resume_gives_the_same_parameters(straight, tmp_path):
 
 def test_the_default_captions_need_nothing_outside_the_clone(tmp_path):
     """captions=scene (the default): per-image captions from the renders, zero-shot on held-out prompts."""
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(cpu_devices.simulated_env(os.environ, 2), PYTHONPATH=ROOT)
     tiny = [flag for flag in TINY_FLAGS if not flag.startswith("--config=")]
     cmd = [sys.executable, "-m", "fungizsl.main", "--config=configs/fungalzsl.py:arch=tiny,runlocal", *tiny,
            "--config.batch_size=8", "--config.total_steps=4", "--config.warmup_steps=1",

@@ -25,6 +25,7 @@ import pytest
 from jax._src import clusters
 
 from fungizsl import devices
+from fungizsl.cpu_devices import with_host_device_count
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOLS = ("bash", "sh", "cat", "cksum", "cut", "mkdir", "sleep", "dirname", "basename", "hostname", "setsid",
@@ -459,10 +460,13 @@ def test_eight_cpu_devices_whatever_the_environment_said():
 
 
 def test_conftest_forces_devices_and_keeps_other_xla_flags():
-    from conftest import with_host_device_count
-
-    assert with_host_device_count("--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=2") \
-        == "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=8"
+    assert with_host_device_count("--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=2", 8) \
+        == ("--xla_cpu_multi_thread_eigen=false --xla_cpu_collective_call_terminate_timeout_seconds=3600 "
+            "--xla_cpu_collective_call_warn_stuck_timeout_seconds=600 --xla_force_host_platform_device_count=8")
+    # a collective wait the user set is theirs
+    assert with_host_device_count("--xla_cpu_collective_call_terminate_timeout_seconds=5", 1) \
+        == ("--xla_cpu_collective_call_terminate_timeout_seconds=5 "
+            "--xla_cpu_collective_call_warn_stuck_timeout_seconds=600 --xla_force_host_platform_device_count=1")
     env = {**os.environ, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cuda"}
     child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

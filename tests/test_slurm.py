@@ -32,7 +32,7 @@ import pytest
 import torch
 import transformers
 
-from fungizsl import tokenizers
+from fungizsl import cpu_devices, tokenizers
 from trainer_runs import ROOT, TINY_FLAGS, assert_same_params, finish, start_training
 
 CI = os.environ.get("CI", "").lower() == "true"
@@ -98,8 +98,8 @@ class Job:
         name = f"fzt-{uuid.uuid4().hex[:8]}"  # its own log folder, logs/<name>-<job>
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
-        env.update(FUNGIZSL_SETUP="test", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-                   XLA_FLAGS="--xla_force_host_platform_device_count=1")
+        env = cpu_devices.simulated_env(env, 1)
+        env.update(FUNGIZSL_SETUP="test", PYTHONPATH=ROOT)
         cmd = ["sbatch", "--parsable", f"--job-name={name}", f"--output={out_dir}/slurm-%j.out", "--nodes=2",
                "launch/gpu_slurm.sbatch", *TINY_FLAGS, *RUN, *flags, f"--config.model.init={init}",
                f"--workdir={workdir}"]

@@ -17,7 +17,7 @@ from PIL import Image
 
 import trainer_runs
 from tiny_clip import random_tiny_clip
-from fungizsl import weights
+from fungizsl import cpu_devices, weights
 from fungizsl.data import synthetic
 from fungizsl.fungalzsl import load, model as model_lib
 
@@ -26,8 +26,7 @@ ARCHS = ("tiny", "b32", "b16", "l14", "l14_336", "cnn_tiny", "rn_tiny", "rn50", 
 
 
 def run_main(*flags, workdir, timeout=120, prefix=()):
-    env = dict(os.environ, PYTHONPATH=trainer_runs.ROOT, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(cpu_devices.simulated_env(os.environ, 1), PYTHONPATH=trainer_runs.ROOT)
     return subprocess.run([*prefix, sys.executable, "-m", "fungizsl.main", *flags, f"--workdir={workdir}"],
                           cwd=trainer_runs.ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 
+from fungizsl import cpu_devices
 from fungizsl.train import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,8 +22,7 @@ TINY_FLAGS = (
 
 def start_training(workdir, *flags, devices: int = 2, env=None, **popen) -> subprocess.Popen:
     """Starts a tiny training run in `workdir` on `devices` simulated CPU devices."""
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
+    env = dict(cpu_devices.simulated_env(os.environ, devices), PYTHONPATH=ROOT, **(env or {}))
     cmd = [sys.executable, "-m", "fungizsl.main", *TINY_FLAGS, *flags, f"--workdir={workdir}"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from fungizsl import placement
+from fungizsl import cpu_devices, placement
 from fungizsl.bench import clip_step, measure
 from fungizsl.errors import ConfigError
 from fungizsl.fungalzsl import trainer as fungalzsl_trainer
@@ -251,7 +251,7 @@ def plan(config, devices) -> list[dict]:
 def run_child(config_args: list[str], devices: int, timeout: int = 1800) -> list[dict]:
     """`plan` in a process with `devices` simulated CPU devices; `config_args` are the --config
     flags (the file with its arguments, and any --config.x=y overrides)."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env = cpu_devices.simulated_env(os.environ, devices)
     command = [sys.executable, "-m", "fungizsl.bench.plan", *config_args, f"--child={devices}"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fungizsl import losses, placement
+from fungizsl import cpu_devices, losses, placement
 from fungizsl.bench import clip_step, measure
 from fungizsl.train import core
 
@@ -117,8 +117,7 @@ def loss_comm_child(batches, dim: int = 512) -> list[dict]:
 
 
 def run_child(kind: str, devices: int, args: dict, timeout: int = 900) -> dict | list:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
+    env = cpu_devices.simulated_env(os.environ, devices)
     command = [sys.executable, "-m", "fungizsl.bench.scaling", kind, json.dumps(args)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode:
