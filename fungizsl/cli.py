@@ -9,6 +9,7 @@ import importlib
 import sys
 
 from fungizsl import main as train_main
+from fungizsl.errors import ConfigError
 
 # sub-command -> module exposing register_cli(subparsers), which sets `func` on its parser.
 COMMANDS = {
@@ -16,6 +17,7 @@ COMMANDS = {
     "captions": "fungizsl.data.llm_captions",
     "build": "fungizsl.data.builders",
     "crosstable": "fungizsl.evaluate.crosstable",
+    "comparison": "fungizsl.planktonzilla.compare",
     "fungiclef": "fungizsl.fungiclef.cli",
 }
 
@@ -45,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as error:  # a user's mistake: one line naming the file, field or key
+        print(f"fungizsl {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

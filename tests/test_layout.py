@@ -23,6 +23,7 @@ LAYERS = (
     ("evaluate", ("fungizsl.evaluate",)),
     ("train", ("fungizsl.train",)),
     ("wings", ("fungizsl.fungalzsl", "fungizsl.fungiclef")),
+    ("comparisons", ("fungizsl.planktonzilla",)),
     ("entry points", ("fungizsl.bench", "fungizsl.main", "fungizsl.cli")),
 )
 WINGS = ("fungizsl.fungalzsl", "fungizsl.fungiclef")

@@ -1,0 +1,78 @@
+"""The table of Planktonzilla's comparison, from finished runs of ``configs/planktonzilla.py``.
+
+    fungizsl comparison runs/pz-growth-* runs/pz-defungi-* [--out docs/comparison_table.md]
+
+One row per run: the data set, the objective (supervised head or CLIP-style) and the training
+text, the checkpoint chosen on val and its val number, then the test split evaluated once
+(accuracy, mean per class, each class) and, where the run has them, the authors' generator and
+the independent generator (growth stages only). Accuracy means the head's argmax for a
+supervised run and zero-shot with the training text's prompts for a CLIP-style run. A run that
+has not finished (no summary.json) or is not a run of that config stops the command with one
+line naming its folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from etils import epath
+
+from fungizsl import runs
+from fungizsl.errors import ConfigError
+
+HEADER = ("data", "objective", "text", "chosen step (val acc.)", "test acc.", "mean per class", "per class",
+          "authors' generator", "unseen generator")
+
+
+def row(folder) -> dict:
+    """The comparison's numbers of one finished run."""
+    folder = epath.Path(folder)
+    config, summary = runs.read_config(folder), runs.read_summary(folder)
+    if config is None or summary is None:
+        raise ConfigError(f"{folder}: not a finished run ({runs.CONFIG_FILE} and {runs.SUMMARY_FILE} needed)")
+    what = config.get("comparison", None)
+    if what is None:
+        raise ConfigError(f"{folder}: not a run of configs/planktonzilla.py (its config has no 'comparison')")
+    robustness = summary.get("robustness", {})
+    selection = summary.get("selection", {})
+    return {
+        "folder": str(folder), "data": what["data"], "objective": what["objective"], "text": what["text"],
+        "step": summary["step"], "val": selection.get("selection_value"),
+        "test": summary["zeroshot_accuracy"], "mean_per_class": summary["zeroshot_mean_per_class_accuracy"],
+        "per_class": summary["per_class_accuracy"],
+        "paper": robustness.get("paper", {}).get("zeroshot_accuracy"),
+        "unseen": robustness.get("unseen", {}).get("zeroshot_accuracy"),
+    }
+
+
+def _number(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as one markdown table, data set by data set, supervised first."""
+    order = {"supervised": 0, "clip": 1}
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for r in sorted(rows, key=lambda r: (r["data"], order.get(r["objective"], 2), r["text"])):
+        per_class = " / ".join(f"{name} {acc:.2f}" for name, acc in r["per_class"].items())
+        cells = (r["data"], r["objective"], r["text"], f"{r['step']} ({_number(r['val'])})", _number(r["test"]),
+                 _number(r["mean_per_class"]), per_class, _number(r["paper"]), _number(r["unseen"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("comparison", help="Planktonzilla's table: supervised vs CLIP-style runs")
+    parser.add_argument("workdirs", nargs="+", help="finished runs of configs/planktonzilla.py")
+    parser.add_argument("--out", default=None, help="also write the markdown table to this file")
+    parser.set_defaults(func=_run)
+    return parser
+
+
+def _run(args) -> int:
+    table = markdown([row(folder) for folder in args.workdirs])
+    print(table, end="")
+    if args.out:
+        epath.Path(args.out).write_text(table)
+        print(f"wrote {args.out}")
+    return 0
