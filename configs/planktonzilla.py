@@ -9,18 +9,28 @@
 Arguments after the colon:
   data       growth (the rendered growth stages of configs/fungalzsl.py) | defungi (configs/defungi.py,
              split by source slide; needs `fungizsl build image_folder` first, see that file)
+             | species (FungiCLEF's synthetic species as class folders: `fungizsl species-folders
+             --out workdir/species` first; species_dir names another folder)
   objective  supervised (fungizsl.planktonzilla.trainer: image tower + linear head, cross-entropy)
              | clip (the FungalZSL trainer: contrastive image-text loss)
-  text       for objective=clip: names (hand-written prompt templates around the class name)
-             | descriptions (growth: each image's own scene caption, the main job's text;
-             defungi: the appearance descriptions written into configs/defungi.py)
+  text       for objective=clip: names (growth, defungi: hand-written prompt templates around the
+             class name; species: the species name) | descriptions (growth: each image's own scene
+             caption, the main job's text; defungi: the appearance descriptions written into
+             configs/defungi.py; species: its look in words) | lineage (species only: kingdom to
+             species, as the CSVs record it)
   arch, runlocal, tfds_dir  as in the base config (arch defaults to cnn_tiny, the 2-core tower)
 
 Controlled: within one data set every row has the same tower, initialisation, images, splits,
 augmentation, batch, steps, learning rate and schedule, and chooses its checkpoint by its own val
 accuracy (the head's argmax, or zero-shot with the training text's prompts) before testing once.
-Taxonomic lineage as text needs classes with a taxonomy: neither growth stages nor DeFungi's
-codes have one, so it is not a row here.
+Taxonomic lineage as text needs classes with a taxonomy: only the species have one. The species'
+held-out classes (`<species_dir>/new_classes`) measure what only a text-trained model can do,
+name classes it never saw: after a CLIP-style run,
+
+    python -m fungizsl.main --config=configs/evaluate.py:model=RUN,images=workdir/species/new_classes,prompts=workdir/species/texts/lineage.jsonl \
+        --workdir=RUN/new_classes
+
+(its own training text's file as prompts) and `fungizsl comparison` shows it beside the run.
 """
 
 import ml_collections
@@ -30,7 +40,9 @@ from configs.common import parse_arg
 
 OBJECTIVES = ("supervised", "clip")
 TEXTS = {"growth": {"names": "templates", "descriptions": "scene"},
-         "defungi": {"names": "templates", "descriptions": "class_descriptions"}}
+         "defungi": {"names": "templates", "descriptions": "class_descriptions"},
+         "species": {"names": "names", "lineage": "lineage", "descriptions": "descriptions"}}
+SPECIES_SIZE = 64  # fungizsl species-folders' default image side
 
 
 def _supervised_evals(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -47,7 +59,7 @@ def _supervised_evals(config: ml_collections.ConfigDict) -> ml_collections.Confi
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, data="growth", objective="supervised", text="descriptions", arch="cnn_tiny",
-                    runlocal=False, tfds_dir="workdir/tfds")
+                    runlocal=False, tfds_dir="workdir/tfds", species_dir="workdir/species")
     if arg.data not in TEXTS:
         raise ValueError(f"config argument 'data' must be one of {sorted(TEXTS)}, got {arg.data!r}")
     if arg.objective not in OBJECTIVES:
@@ -60,6 +72,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config = fungalzsl.get_config(f"arch={arg.arch},captions={captions}{local}")
         config.data.augment = "microscopy_whole_field"  # the main job's, for every row
         config.loss.class_aware = True  # as the main job (scene captions with class-aware pairs)
+    elif arg.data == "species":  # class folders and texts written by `fungizsl species-folders`
+        text = TEXTS["species"][arg.text if arg.objective == "clip" else "names"]
+        config = fungalzsl.get_config(f"arch={arg.arch},captions={arg.species_dir}/texts/{text}.jsonl{local}")
+        config.data.kind = "folders"
+        config.data.folders = arg.species_dir
+        config.data.image_size = SPECIES_SIZE
+        config.data.augment = "microscopy"  # every row: crops and flips, as for class-level texts
+        config.evals.zeroshot.sources = (config.data.captions,)
+        for name in [n for n in config.evals if n.startswith(("robust_", "val_"))]:  # growth-stage renders
+            del config.evals[name]
     else:
         config = defungi.get_config(f"arch={arg.arch},tfds_dir={arg.tfds_dir}{local}")
         if arg.objective == "clip":

@@ -18,6 +18,7 @@ COMMANDS = {
     "build": "fungizsl.data.builders",
     "crosstable": "fungizsl.evaluate.crosstable",
     "comparison": "fungizsl.planktonzilla.compare",
+    "species-folders": "fungizsl.planktonzilla.species",
     "fungiclef": "fungizsl.fungiclef.cli",
 }
 

@@ -1,5 +1,6 @@
 """The supervised trainer of Planktonzilla's comparison and the configs of its rows."""
 
+import csv
 import json
 import math
 import os
@@ -11,12 +12,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 import trainer_runs
 from configs import planktonzilla as pz_config
 from fungizsl import cpu_devices, placement
+from fungizsl.data import augment, image_sets
+from fungizsl.errors import ConfigError
+from fungizsl.fungiclef import synthetic_species
 from fungizsl.models import two_towers
-from fungizsl.planktonzilla import compare
+from fungizsl.planktonzilla import compare, species
 from fungizsl.planktonzilla import trainer as pz
 
 CLASSES = ("spore", "hyphae", "mycelium")
@@ -124,7 +129,8 @@ def test_evaluation_scores_the_heads_argmax_and_skips_padding(tmp_path):
 BUDGET = ("total_steps", "batch_size", "lr", "wd", "warmup_steps", "eval_every", "seed", "data_seed")
 
 
-@pytest.mark.parametrize("data,texts", [("growth", ("names", "descriptions")), ("defungi", ("names", "descriptions"))])
+@pytest.mark.parametrize("data,texts", [("growth", ("names", "descriptions")), ("defungi", ("names", "descriptions")),
+                                        ("species", ("names", "descriptions", "lineage"))])
 def test_every_row_of_a_data_set_has_the_same_budget_tower_and_images(data, texts):
     rows = [pz_config.get_config(f"data={data},objective=supervised,runlocal")]
     rows += [pz_config.get_config(f"data={data},objective=clip,text={t},runlocal") for t in texts]
@@ -134,17 +140,20 @@ def test_every_row_of_a_data_set_has_the_same_budget_tower_and_images(data, text
         assert len({row.model[key] for row in rows}) == 1, key
     for key in ("augment", "image_size", "kind", "preset"):
         assert len({str(row.data.get(key)) for row in rows}) == 1, key
-    supervised, names, descriptions = rows
+    supervised, names, descriptions = rows[:3]
     assert supervised.trainer == "fungizsl.planktonzilla.trainer" and names.trainer == "fungizsl.fungalzsl.trainer"
     assert {cfg.type for cfg in supervised.evals.values()} == {"classify"} and supervised.best_metric == "classify/accuracy"
     assert supervised.evals.classify.split == "val" and supervised.evals.classify.every == supervised.eval_every
-    assert names.data.captions == "templates" and descriptions.data.captions != "templates"
+    assert names.data.captions != descriptions.data.captions
+    if data == "species":
+        assert [row.data.captions for row in rows[1:]] == [f"workdir/species/texts/{t}.jsonl" for t in texts]
+        assert all(row.data.kind == "folders" and row.data.folders == "workdir/species" for row in rows)
     robust = sorted(n for n in names.evals if n.startswith("robust_"))
     assert sorted(n for n in supervised.evals if n.startswith("robust_")) == robust
     assert all(supervised.evals[n].split == names.evals[n].split and supervised.evals[n].every == 0 for n in robust)
 
 
-def test_config_arguments_are_checked():
+def test_config_arguments_are_checked(tmp_path):
     with pytest.raises(ValueError, match="'text' must be one of"):
         pz_config.get_config("data=growth,objective=clip,text=lineage")
     with pytest.raises(ValueError, match="'objective' must be one of"):
@@ -153,6 +162,9 @@ def test_config_arguments_are_checked():
     config.evals.zeroshot = ml_collections.ConfigDict(dict(type="zeroshot", split="val", every=0))
     with pytest.raises(ValueError, match="runs only type='classify' entries"):
         pz.check_config(config)
+    missing = pz_config.get_config(f"data=species,objective=supervised,runlocal,species_dir={tmp_path}/nope")
+    with pytest.raises(ConfigError, match=f"config.data.folders \\(train split\\): {tmp_path}/nope/train is not a folder"):
+        pz.check_config(missing)
 
 
 def test_a_supervised_run_through_the_command(tmp_path):
@@ -191,11 +203,13 @@ def _fake_run(folder, comparison, accuracy, val, paper=None):
 def test_the_comparison_table_reads_finished_runs(tmp_path):
     clip = _fake_run(tmp_path / "b", {"data": "growth", "objective": "clip", "text": "names"}, 0.9, 0.88, paper=0.4)
     sup = _fake_run(tmp_path / "a", {"data": "growth", "objective": "supervised", "text": "none"}, 0.95, 0.93)
+    (clip / "new_classes").mkdir()
+    (clip / "new_classes" / "summary.json").write_text(json.dumps({"zeroshot_accuracy": 0.25}))
     table = compare.markdown([compare.row(clip), compare.row(sup)]).splitlines()
     assert table[2] == ("| growth | supervised | none | 1000 (0.930) | 0.950 | 0.940 | spore 1.00 / hyphae 0.50 "
-                        "| — | — |")
+                        "| — | — | — |")
     assert table[3] == ("| growth | clip | names | 1000 (0.880) | 0.900 | 0.890 | spore 1.00 / hyphae 0.50 "
-                        "| 0.400 | — |")
+                        "| 0.400 | — | 0.250 |")
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "fungizsl_config.json").write_text("{}")
     (tmp_path / "plain" / "summary.json").write_text("{}")
@@ -206,3 +220,57 @@ def test_the_comparison_table_reads_finished_runs(tmp_path):
         assert done.returncode == 2 and done.stdout == ""
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert done.stderr.startswith(f"fungizsl comparison: {folder}: ") and message in done.stderr
+
+
+def _png(path, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def test_class_folders_as_a_training_source(tmp_path):
+    for split, cls, name, value in [("train", "b", "1.png", 10), ("train", "a", "2.png", 20), ("train", "a", "3.png", 30),
+                                    ("val", "b", "4.png", 40)]:
+        _png(tmp_path / split / cls / name, value)
+    train = image_sets.FolderSource(tmp_path / "train")
+    assert train.class_names == ("a", "b") and len(train) == 3
+    assert [train[i]["label"] for i in range(3)] == [0, 0, 1]
+    assert np.asarray(augment.load_image(train[2]["image"], where="x"))[0, 0, 0] == 10  # b/1.png
+    val = image_sets.FolderSource(tmp_path / "val", class_names=train.class_names)  # no "a" images: fine
+    assert len(val) == 1 and val[0]["label"] == 1 and val[0]["filename"].endswith("val/b/4.png")
+    _png(tmp_path / "test" / "c" / "5.png", 50)
+    with pytest.raises(ConfigError, match=r"test has class folders the training split does not: \['c'\]"):
+        image_sets.FolderSource(tmp_path / "test", class_names=train.class_names)
+    with pytest.raises(ConfigError, match=r"nothing is not a folder"):
+        image_sets.FolderSource(tmp_path / "nothing")
+
+
+def test_species_texts_say_what_the_drawing_parameters_draw():
+    look = dict(shape=2, hue=0.62, sat=0.7, val=0.9, cap_w=0.7, cap_h=0.3, stem_w=0.1, stem_h=0.45, gills=7,
+                spots=1.0, ring=0.0)
+    assert species.describe(look) == ("a mushroom with a broad conical blue cap, spotted, with 7 gills, "
+                                      "no ring on a tall slender stem")
+    assert species.colour_words(0.02, 0.9, 0.5) == "dark red"
+    assert species.colour_words(0.3, 0.3, 0.9) == "pale greyish green"
+    assert species.colour_words(0.18, 0.9, 0.9) == "bright yellow"
+
+
+def test_species_folders_keep_new_classes_out_of_every_training_split(tmp_path):
+    record = species.write_species_folders(tmp_path, synthetic_species.SpeciesSetConfig(num_species=20, image_size=16),
+                                           new_classes=0.25, show_progress=False)
+    held = {species.folder_name(n) for n in record["new_classes"]}
+    assert len(held) == 5
+    on_disk = {split: {d.name: len(list(d.iterdir())) for d in (tmp_path / split).iterdir()}
+               for split in ("train", "val", "test", "new_classes")}
+    assert set(on_disk["new_classes"]) == held
+    assert not any(held & set(on_disk[split]) for split in ("train", "val", "test"))
+    assert set(on_disk["val"]) <= set(on_disk["train"]) and set(on_disk["test"]) <= set(on_disk["train"])
+    csv_rows = sum(len(list(csv.DictReader((tmp_path / "kaggle" / synthetic_species.CSV_DIR / f).open())))
+                   for f in synthetic_species.CSV_FILES.values())
+    assert sum(sum(v.values()) for v in on_disk.values()) == csv_rows == sum(v["images"] for v in record["folders"].values())
+    for text in species.TEXTS:
+        lines = [json.loads(line) for line in (tmp_path / "texts" / f"{text}.jsonl").read_text().splitlines()]
+        assert {line["class"] for line in lines} == set(on_disk["train"]) | held
+    lineage = {json.loads(x)["class"]: json.loads(x)["text"] for x in (tmp_path / "texts" / "lineage.jsonl").open()}
+    some = sorted(on_disk["train"])[0]
+    assert lineage[some].startswith("Fungi Basidiomycota Agaricomycetes Agaricales ")
+    assert lineage[some].endswith(" " + some.replace("_", " "))

@@ -4,7 +4,8 @@ An :class:`ImageSet` holds the class names, one label per image, a short descrip
 images came from, and a loader that decodes image ``i`` on demand (as an RGB PIL image), so that a
 large set is never held in memory. :func:`make_image_set` builds the set that ``config.data.kind``
 names ("folder", "tfds" or "csv"; see ``configs/evaluate.py``). Paths go through ``etils.epath``,
-so a set on ``gs://`` reads the same. A file that does not decode raises
+so a set on ``gs://`` reads the same. :class:`FolderSource` is the class-folder layout as a record
+source for training (``config.data.kind="folders"`` of the FungalZSL trainer). A file that does not decode raises
 :class:`fungizsl.data.augment.CorruptImageError` naming it when it is loaded.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 from etils import epath
 
 from fungizsl.data import augment, builders
+from fungizsl.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
@@ -37,24 +39,29 @@ class ImageSet:
         return len(self.labels)
 
 
+def _image_files(folder: epath.Path):
+    """Image files under `folder`, nested folders included, hidden entries skipped, sorted."""
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            yield from _image_files(entry)
+        elif entry.suffix.lower() in IMAGE_EXTENSIONS:
+            yield entry
+
+
+def class_folders(root: epath.Path) -> dict[str, list[epath.Path]]:
+    """class folder name -> its image files, for every class folder of `root` that holds images."""
+    found = {d.name: list(_image_files(d)) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    return {k: v for k, v in found.items() if v}
+
+
 def folder_images(root: str, class_names: Sequence[str] | None = None) -> ImageSet:
     """`root/<class>/<image>` (nested folders below a class are included; hidden files skipped)."""
     root_path = epath.Path(root)
     if not root_path.is_dir():
         raise FileNotFoundError(f"config.data.images={root!r} is not a folder")
-
-    def files(folder):
-        for entry in sorted(folder.iterdir()):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                yield from files(entry)
-            elif entry.suffix.lower() in IMAGE_EXTENSIONS:
-                yield entry
-
-    found = {d.name: list(files(d)) for d in sorted(root_path.iterdir())
-             if d.is_dir() and not d.name.startswith(".")}
-    found = {k: v for k, v in found.items() if v}
+    found = class_folders(root_path)
     names = list(class_names) if class_names else sorted(found)
     missing = [c for c in names if c not in found]
     if missing:
@@ -129,3 +136,39 @@ def make_image_set(data) -> ImageSet:
     if data.kind == "csv":
         return csv_images(data.csv, data.image_column, data.label_column, data.image_root, class_names)
     raise ValueError(f"config.data.kind must be 'folder', 'tfds' or 'csv', got {data.kind!r}")
+
+
+class FolderSource:
+    """A training or evaluation split kept as class folders (``root/<class>/<image>``): a record
+    source for the input pipeline, read on access (``{"image": encoded bytes, "label", "filename"}``).
+
+    The training split fixes the class list (its folder names, sorted, unless `class_names` is
+    given); an evaluation split is labelled by that list and may lack some classes (a few-shot
+    val split rarely has them all), but a folder of a class the list does not know is an error
+    naming it. A file that does not decode fails when its record is decoded, naming the file.
+    """
+
+    def __init__(self, root, class_names: Sequence[str] | None = None, what: str = "config.data.folders"):
+        root = epath.Path(root)
+        if not root.is_dir():
+            raise ConfigError(f"{what}: {os.fspath(root)} is not a folder (class folders expected under it)")
+        found = class_folders(root)
+        if not found:
+            raise ConfigError(f"{what}: {os.fspath(root)} has no class folders with images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.class_names = tuple(class_names) if class_names else tuple(sorted(found))
+        unknown = sorted(set(found) - set(self.class_names))
+        if unknown:
+            raise ConfigError(f"{what}: {os.fspath(root)} has class folders the training split does not: {unknown[:5]}"
+                              + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+        self._items = [(path, k) for k, name in enumerate(self.class_names) for path in found.get(name, ())]
+        self._root = root
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, label = self._items[int(index)]
+        return {"image": path.read_bytes(), "label": label, "filename": os.fspath(path)}
+
+    def __repr__(self) -> str:
+        return f"FolderSource({os.fspath(self._root)}: {len(self)} images, {len(self.class_names)} classes)"

@@ -4,7 +4,9 @@
 
 Images come from the growth-stage renderer (`data.kind="rendered"`: rendered on access, or once
 into memory with `data.cache_in_memory`), from prepared TFDS shards (`"tfds"`: any builder in
-`fungizsl.data.builders`, e.g. `fungal_growth_stages` or `image_folder` for DeFungi). The three
+`fungizsl.data.builders`, e.g. `fungal_growth_stages` or `image_folder` for DeFungi), or from class
+folders kept as they are (`"folders"`: `<data.folders>/{train,val,test}/<class>/<image>`, the
+classes named by the train split's folders). The three
 splits never share an image: rendered splits use different seeds.
 
 Captions come from a named source (`fungizsl.data.captions`). For the paper's per-split captions
@@ -31,7 +33,7 @@ import sys
 
 from tqdm import tqdm
 
-from fungizsl.data import builders, pipeline, robustness, scene_pipeline, synthetic
+from fungizsl.data import builders, image_sets, pipeline, robustness, scene_pipeline, synthetic
 from fungizsl.data import captions as caption_lib
 from fungizsl.data.caption_text import Caption
 from fungizsl.errors import ConfigError
@@ -56,6 +58,17 @@ def validation_condition(split: str) -> str | None:
     return condition
 
 
+def check_data(config) -> None:
+    """What can be checked of the data before anything is rendered or written: the class folders of
+    `data.kind="folders"` (one-line :class:`ConfigError` naming the folder)."""
+    d = config.data
+    if d.kind == "folders":
+        if not d.get("folders", ""):
+            raise ConfigError("config.data.kind='folders' needs config.data.folders=DIR "
+                              "(DIR/train/<class>/<image>, DIR/val/..., DIR/test/...)")
+        image_sets.FolderSource(os.path.join(d.folders, "train"), what="config.data.folders (train split)")
+
+
 class FungalZSLData:
     def __init__(self, config):
         self.config = config
@@ -71,9 +84,9 @@ class FungalZSLData:
     def _class_names(self):
         if self.data.kind == "rendered":
             return tuple(self.data.stages)
-        if self.data.kind == "tfds":
+        if self.data.kind in ("tfds", "folders"):
             return self._source_class_names(self.source("train"))
-        raise ValueError(f"config.data.kind must be 'rendered' or 'tfds', got {self.data.kind!r}")
+        raise ValueError(f"config.data.kind must be 'rendered', 'tfds' or 'folders', got {self.data.kind!r}")
 
     def source(self, split: str):
         if split not in self._sources:
@@ -104,6 +117,11 @@ class FungalZSLData:
                                           hyphae_mycelium_overlap=d.overlap, stages=tuple(self.class_names), **fields)
             return robustness.ShiftedSource(condition, self.class_names, d.get("robustness_per_class", 100),
                                             seed=self.data_seed + SPLIT_SEED_OFFSET[seed_of], base=base)
+        if d.kind == "folders":  # <data.folders>/<split>/<class>/<image>; the train split names the classes
+            check_data(self.config)
+            return image_sets.FolderSource(os.path.join(d.folders, split),
+                                           class_names=None if split == "train" else self.class_names,
+                                           what=f"config.data.folders ({split} split)")
         if d.kind == "tfds":
             if not d.tfds_dir or not d.tfds_config:
                 raise ValueError("config.data.kind='tfds' needs config.data.tfds_dir and config.data.tfds_config")

@@ -263,6 +263,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     ``config.model.init`` folder and the evaluators' splits (one-line
     :class:`~fungizsl.errors.ConfigError` otherwise), before the workdir is created."""
     check_init(config.model.init)
+    inputs.check_data(config)
     core.check_evals(config)
 
 

@@ -5,7 +5,9 @@
 One row per run: the data set, the objective (supervised head or CLIP-style) and the training
 text, the checkpoint chosen on val and its val number, then the test split evaluated once
 (accuracy, mean per class, each class) and, where the run has them, the authors' generator and
-the independent generator (growth stages only). Accuracy means the head's argmax for a
+the independent generator (growth stages only), and zero-shot accuracy among classes the run never
+trained on, from the evaluation-only run in ``<run>/new_classes`` where there is one (species only:
+see ``configs/planktonzilla.py``). Accuracy means the head's argmax for a
 supervised run and zero-shot with the training text's prompts for a CLIP-style run. A run that
 has not finished (no summary.json) or is not a run of that config stops the command with one
 line naming its folder.
@@ -21,7 +23,8 @@ from fungizsl import runs
 from fungizsl.errors import ConfigError
 
 HEADER = ("data", "objective", "text", "chosen step (val acc.)", "test acc.", "mean per class", "per class",
-          "authors' generator", "unseen generator")
+          "authors' generator", "unseen generator", "new classes (zero-shot)")
+NEW_CLASSES = "new_classes"  # <run>/new_classes: the evaluation-only run on held-out classes
 
 
 def row(folder) -> dict:
@@ -42,6 +45,7 @@ def row(folder) -> dict:
         "per_class": summary["per_class_accuracy"],
         "paper": robustness.get("paper", {}).get("zeroshot_accuracy"),
         "unseen": robustness.get("unseen", {}).get("zeroshot_accuracy"),
+        "new_classes": (runs.read_summary(folder / NEW_CLASSES) or {}).get("zeroshot_accuracy"),
     }
 
 
@@ -54,9 +58,11 @@ def markdown(rows: list[dict]) -> str:
     order = {"supervised": 0, "clip": 1}
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in sorted(rows, key=lambda r: (r["data"], order.get(r["objective"], 2), r["text"])):
-        per_class = " / ".join(f"{name} {acc:.2f}" for name, acc in r["per_class"].items())
+        per_class = (" / ".join(f"{name} {acc:.2f}" for name, acc in r["per_class"].items())
+                     if len(r["per_class"]) <= 5 else f"{len(r['per_class'])} classes")
         cells = (r["data"], r["objective"], r["text"], f"{r['step']} ({_number(r['val'])})", _number(r["test"]),
-                 _number(r["mean_per_class"]), per_class, _number(r["paper"]), _number(r["unseen"]))
+                 _number(r["mean_per_class"]), per_class, _number(r["paper"]), _number(r["unseen"]),
+                 _number(r["new_classes"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -187,6 +187,7 @@ def make_task(config, workdir: epath.Path, mesh) -> core.Task:
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Before anything is rendered or written: the init folder, the evaluators and the selection."""
     check_init(config.model.init)
+    inputs.check_data(config)
     core.check_evals(config)
     wrong = {n: c.get("type", n) for n, c in config.get("evals", {}).items() if c.get("type", n) != EVAL_TYPE}
     if wrong:
