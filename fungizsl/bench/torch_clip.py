@@ -54,9 +54,11 @@ def _decayed(name: str, param: torch.nn.Parameter) -> bool:
     return name.endswith(".weight") and "norm" not in name
 
 
-def make_optimizer(hf, lr: float, weight_decay: float, b2: float):
-    decay = [p for n, p in hf.named_parameters() if _decayed(n, p)]
-    rest = [p for n, p in hf.named_parameters() if not _decayed(n, p)]
+def make_optimizer(hf, lr: float, weight_decay: float, b2: float, decayed=_decayed):
+    """AdamW with weight decay on the parameters `decayed(name, param)` picks (default: the rule
+    above, for transformers' CLIPModel)."""
+    decay = [p for n, p in hf.named_parameters() if decayed(n, p)]
+    rest = [p for n, p in hf.named_parameters() if not decayed(n, p)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                               {"params": rest, "weight_decay": 0.0}],
                              lr=lr, betas=(0.9, b2), eps=1e-6)
@@ -86,12 +88,14 @@ def to_torch_batch(batch: dict) -> dict:
 class TorchClipStep:
     """One training step (forward, loss, backward, clip, AdamW, clamp) of the HF model; `mode` is
     "eager" or "compile" (torch.compile of the forward+loss), `dtype` "float32" or "bfloat16"
-    (CPU autocast)."""
+    (CPU autocast). `hf` may be any module with CLIPModel's `forward(pixel_values, input_ids)`
+    -> `.image_embeds`, `.text_embeds` (normalised) and `logit_scale`; `decayed` as in
+    `make_optimizer`."""
 
     def __init__(self, hf, *, lr, weight_decay, b2, grad_clip_norm, class_aware, combine="mean",
-                 dtype="float32", mode="eager"):
+                 dtype="float32", mode="eager", decayed=_decayed):
         self.hf, self.class_aware, self.clip, self.combine = hf, class_aware, grad_clip_norm, combine
-        self.optimizer = make_optimizer(hf, lr, weight_decay, b2)
+        self.optimizer = make_optimizer(hf, lr, weight_decay, b2, decayed)
         self.dtype = dtype
         self.forward = torch.compile(self._loss) if mode == "compile" else self._loss
 

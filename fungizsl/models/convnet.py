@@ -33,6 +33,8 @@ import jax.numpy as jnp
 
 from fungizsl.models import layers
 
+STANDARDIZE_EPS = 1e-2  # added to each image's per-channel variance before the square root
+
 
 @dataclasses.dataclass(frozen=True)
 class ConvNetConfig:
@@ -84,7 +86,7 @@ class ConvNet(nn.Module):
         x = images.astype(jnp.float32)
         if cfg.standardize_input:
             mean = x.mean(axis=(1, 2), keepdims=True)
-            x = (x - mean) * jax.lax.rsqrt(x.var(axis=(1, 2), keepdims=True) + 1e-2)
+            x = (x - mean) * jax.lax.rsqrt(x.var(axis=(1, 2), keepdims=True) + STANDARDIZE_EPS)
         x = x.astype(cfg.dtype)
         last = len(cfg.widths) - 1
         for i, features in enumerate(cfg.widths):

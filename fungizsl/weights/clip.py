@@ -49,12 +49,23 @@ def config_from_hf(hf: dict, dtype: str = "float32", scan: bool = False, remat: 
                                  logit_scale_init=hf.get("logit_scale_init_value", 2.6592))
 
 
-def config_to_hf(cfg: two_towers.ClipConfig) -> dict:
-    v, t = cfg.vision, cfg.text
+def text_config_to_hf(t: clip_text.ClipTextConfig, projection_dim: int) -> dict:
+    """The `text_config` of a Hugging Face CLIP config.json (a `transformers.CLIPTextConfig`)."""
     if t.eot_token_id == 2:  # HF would read it as the legacy OpenAI config and pool at argmax(ids)
         raise ValueError("a CLIP text tower whose end-of-text id is 2 cannot be exported to Hugging Face "
                          "(it would pool at argmax(input_ids)); retrain its tokenizer with this version "
                          "of fungizsl.tokenizers.train_bpe_tokenizer, which puts end-of-text at id 1")
+    return dict(vocab_size=t.vocab_size, hidden_size=t.width, intermediate_size=t.mlp_dim,
+                num_hidden_layers=t.depth, num_attention_heads=t.heads,
+                max_position_embeddings=t.context_length, hidden_act=t.mlp_act,
+                layer_norm_eps=t.layer_norm_eps, eos_token_id=t.eot_token_id,
+                bos_token_id=max(t.eot_token_id - 1, 0), pad_token_id=t.eot_token_id,
+                projection_dim=projection_dim, model_type="clip_text_model")
+
+
+def config_to_hf(cfg: two_towers.ClipConfig) -> dict:
+    v = cfg.vision
+    text_config = text_config_to_hf(cfg.text, cfg.projection_dim)
     return {
         "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": cfg.projection_dim,
         "logit_scale_init_value": cfg.logit_scale_init,
@@ -62,12 +73,7 @@ def config_to_hf(cfg: two_towers.ClipConfig) -> dict:
                               num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch_size,
                               hidden_act=v.mlp_act, layer_norm_eps=v.layer_norm_eps,
                               projection_dim=cfg.projection_dim, model_type="clip_vision_model"),
-        "text_config": dict(vocab_size=t.vocab_size, hidden_size=t.width, intermediate_size=t.mlp_dim,
-                            num_hidden_layers=t.depth, num_attention_heads=t.heads,
-                            max_position_embeddings=t.context_length, hidden_act=t.mlp_act,
-                            layer_norm_eps=t.layer_norm_eps, eos_token_id=t.eot_token_id,
-                            bos_token_id=max(t.eot_token_id - 1, 0), pad_token_id=t.eot_token_id,
-                            projection_dim=cfg.projection_dim, model_type="clip_text_model"),
+        "text_config": text_config,
     }
 
 
