@@ -68,15 +68,14 @@ def _torch_contenders(bench, batch_np, modes, dtype, threads):
     tbatch = torch_clip.to_torch_batch(batch_np)
     out, errors, loss0 = {}, {}, None
     reference = _reference_module(bench)
-    # The conv tower's decay set comes from train.optim's mask; CLIPModel keeps torch_clip's rule.
-    options = {} if reference is torch_clip else {"decayed": reference.decay_rule(bench.params)}
+    decayed = torch_clip.decay_rule(bench.params)  # train.optim's mask, by torch name
     for mode in modes:
         hf = reference.build(bench.model, bench.params, threads, **bench.extra)
         stepper = torch_clip.TorchClipStep(hf, lr=config.lr, weight_decay=config.wd, b2=config.optim.b2,
                                            grad_clip_norm=config.optim.grad_clip_norm,
                                            class_aware=config.loss.class_aware,
                                            combine=config.loss.get("combine", "mean"), dtype=dtype, mode=mode,
-                                           **options)
+                                           decayed=decayed)
         if loss0 is None:
             loss0 = stepper.loss(tbatch)
         try:

@@ -16,7 +16,12 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from flax import traverse_util
+
 from fungizsl import weights
+from fungizsl.train import optim
+from fungizsl.weights import clip as clip_weights
+from fungizsl.weights import convert
 
 # Building the reference (from_pretrained) otherwise prints a "Loading weights" progress bar and
 # load reports into the benchmark's log, once per reference built.
@@ -45,18 +50,21 @@ def build(model, params, threads: int):
     return hf.train()
 
 
-def _decayed(name: str, param: torch.nn.Parameter) -> bool:
-    # fungizsl.train.optim decays `kernel` and `embedding` leaves: every Linear/Conv weight, the
-    # token table and the vision position table, not norms; our text position table is a plain
-    # parameter (not decayed), as are the class embedding and the logit scale.
-    if name == "text_model.embeddings.position_embedding.weight":
-        return False
-    return name.endswith(".weight") and "norm" not in name
+def decayed_names(params) -> frozenset[str]:
+    """The torch names of the leaves `fungizsl.train.optim.weight_decay_mask` decays, through the
+    CLIP conversion table: the one decay rule, for transformers' CLIPModel and for torch_convnet."""
+    mask = traverse_util.flatten_dict(optim.weight_decay_mask(convert.unstack_layers(params)))
+    return frozenset(convert.to_hf_key(path, clip_weights.SPEC) for path, decayed in mask.items() if decayed)
 
 
-def make_optimizer(hf, lr: float, weight_decay: float, b2: float, decayed=_decayed):
-    """AdamW with weight decay on the parameters `decayed(name, param)` picks (default: the rule
-    above, for transformers' CLIPModel)."""
+def decay_rule(params):
+    """`(name, param) -> decayed?` for `make_optimizer` / `TorchClipStep(decayed=...)`."""
+    names = decayed_names(params)
+    return lambda name, param: name in names
+
+
+def make_optimizer(hf, lr: float, weight_decay: float, b2: float, decayed):
+    """AdamW with weight decay on the parameters `decayed(name, param)` picks (`decay_rule`)."""
     decay = [p for n, p in hf.named_parameters() if decayed(n, p)]
     rest = [p for n, p in hf.named_parameters() if not decayed(n, p)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
@@ -93,8 +101,10 @@ class TorchClipStep:
     `make_optimizer`."""
 
     def __init__(self, hf, *, lr, weight_decay, b2, grad_clip_norm, class_aware, combine="mean",
-                 dtype="float32", mode="eager", decayed=_decayed):
+                 dtype="float32", mode="eager", decayed=None):
         self.hf, self.class_aware, self.clip, self.combine = hf, class_aware, grad_clip_norm, combine
+        if decayed is None:
+            raise ValueError("TorchClipStep needs decayed=decay_rule(params): the trainer's weight-decay set")
         self.optimizer = make_optimizer(hf, lr, weight_decay, b2, decayed)
         self.dtype = dtype
         self.forward = torch.compile(self._loss) if mode == "compile" else self._loss

@@ -14,8 +14,8 @@ transformers' `CLIPModel` (`torch_clip.py`) has a ViT image tower only. This mod
 * every parameter and buffer is named as `weights.convert.flax_to_hf` names our leaves with the
   CLIP conversion table (`vision_model.conv0.weight`, `vision_model.bn0.mean`,
   `text_model.encoder.layers.0.self_attn.q_proj.weight`, ...), so our params and batch_stats
-  load strictly with no table of its own, and the weight-decay set is `train.optim`'s mask
-  mapped through the same table.
+  load strictly with no table of its own; the weight-decay set is `torch_clip.decay_rule`
+  (`train.optim`'s mask mapped through the same table), as for the ViT.
 
 Its `forward(pixel_values, input_ids)` returns normalised `image_embeds` / `text_embeds` and it
 has `logit_scale` and `get_image_features`, as `CLIPModel`, so `torch_clip.TorchClipStep` (loss,
@@ -28,11 +28,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 import transformers
-from flax import traverse_util
 
 from fungizsl.bench import torch_clip
 from fungizsl.models import convnet, two_towers
-from fungizsl.train import optim
 from fungizsl.weights import clip as clip_weights
 from fungizsl.weights import convert
 
@@ -132,15 +130,3 @@ def build(model: two_towers.ClipModel, params, threads: int, batch_stats) -> Con
     module = ConvClip(model.config)
     module.load_state_dict(state_dict_from_flax(params, batch_stats), strict=True)
     return module.train()
-
-
-def decayed_names(params) -> frozenset[str]:
-    """The torch names of the leaves `fungizsl.train.optim.weight_decay_mask` decays."""
-    mask = traverse_util.flatten_dict(optim.weight_decay_mask(convert.unstack_layers(params)))
-    return frozenset(convert.to_hf_key(path, clip_weights.SPEC) for path, decayed in mask.items() if decayed)
-
-
-def decay_rule(params):
-    """`(name, param) -> decayed?` for `torch_clip.TorchClipStep(decayed=...)`."""
-    names = decayed_names(params)
-    return lambda name, param: name in names
