@@ -210,6 +210,8 @@ def test_the_comparison_table_reads_finished_runs(tmp_path):
                         "| — | — | — |")
     assert table[3] == ("| growth | clip | names | 1000 (0.880) | 0.900 | 0.890 | spore 1.00 / hyphae 0.50 "
                         "| 0.400 | — | 0.250 |")
+    drawn = compare.plot([compare.row(clip), compare.row(sup)], tmp_path / "bars.png")
+    assert Image.open(drawn).size == (600, 450)  # 6 x 4.5 in at 100 dpi: two runs, up to four bars each
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "fungizsl_config.json").write_text("{}")
     (tmp_path / "plain" / "summary.json").write_text("{}")

@@ -4,6 +4,7 @@
   2025, finds hyphae vs mycelium the hard pair; this is where it shows), each cell annotated with
   its count and its row-normalised percentage.
 * `plot_per_class_accuracy`: a bar per class.
+* `plot_grouped_bars`: a cluster of bars per run, one per test set (Planktonzilla's comparison).
 * `caption_source_markdown` / `plot_caption_source_heatmap` / `caption_source_cross_table`: the
   caption-source comparison of FungalZSL (which LLM's descriptions align best), as a cross table
   of accuracy with the training caption source in rows and the evaluation source in columns.
@@ -169,3 +170,29 @@ def caption_source_cross_table(results: Mapping[tuple[Hashable, Hashable], float
     if png_path is not None:
         plot_caption_source_heatmap(results, png_path, **plot_kwargs)
     return caption_source_markdown(results)
+
+
+def plot_grouped_bars(groups: Mapping[str, Mapping[str, float | None]], path, title: str = "",
+                      ylabel: str = "accuracy", dpi: int = 100) -> str:
+    """One cluster of bars per group (e.g. a run), one bar per measure (e.g. a test set), each
+    labelled with its value; a missing value (None) leaves its slot empty."""
+    measures = list(dict.fromkeys(m for values in groups.values() for m in values))
+    width = 0.8 / max(len(measures), 1)
+    fig = _figure((max(6.0, 0.5 * len(groups) * max(len(measures), 1) + 2), 4.5), dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(groups))
+    for j, measure in enumerate(measures):
+        values = [groups[g].get(measure) for g in groups]
+        heights = [np.nan if v is None else v for v in values]
+        bars = ax.bar(x + (j - (len(measures) - 1) / 2) * width, heights, width, label=measure)
+        for bar, value in zip(bars, values):
+            if value is not None:
+                ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom",
+                            fontsize=7)
+    ax.set_xticks(x, list(groups), rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.22)  # room for the legend above the tallest bars
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper center", ncol=max(len(measures), 1), frameon=False)
+    fig.subplots_adjust(bottom=0.28)
+    return _save(fig, path)

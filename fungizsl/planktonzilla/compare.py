@@ -1,6 +1,6 @@
 """The table of Planktonzilla's comparison, from finished runs of ``configs/planktonzilla.py``.
 
-    fungizsl comparison runs/pz-growth-* runs/pz-defungi-* [--out docs/comparison_table.md]
+    fungizsl comparison runs/pz-growth-* runs/pz-defungi-* [--out table.md] [--plot comparison.png]
 
 One row per run: the data set, the objective (supervised head or CLIP-style) and the training
 text, the checkpoint chosen on val and its val number, then the test split evaluated once
@@ -20,6 +20,7 @@ import argparse
 from etils import epath
 
 from fungizsl import runs
+from fungizsl.evaluate import plots
 from fungizsl.errors import ConfigError
 
 HEADER = ("data", "objective", "text", "chosen step (val acc.)", "test acc.", "mean per class", "per class",
@@ -53,11 +54,15 @@ def _number(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def _ordered(rows: list[dict]) -> list[dict]:
+    order = {"supervised": 0, "clip": 1}
+    return sorted(rows, key=lambda r: (r["data"], order.get(r["objective"], 2), r["text"]))
+
+
 def markdown(rows: list[dict]) -> str:
     """The rows as one markdown table, data set by data set, supervised first."""
-    order = {"supervised": 0, "clip": 1}
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    for r in sorted(rows, key=lambda r: (r["data"], order.get(r["objective"], 2), r["text"])):
+    for r in _ordered(rows):
         per_class = (" / ".join(f"{name} {acc:.2f}" for name, acc in r["per_class"].items())
                      if len(r["per_class"]) <= 5 else f"{len(r['per_class'])} classes")
         cells = (r["data"], r["objective"], r["text"], f"{r['step']} ({_number(r['val'])})", _number(r["test"]),
@@ -67,17 +72,30 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: list[dict], path) -> str:
+    """The table's accuracies as bars: one cluster per run, one bar per test set it has."""
+    measures = (("test", "test split"), ("paper", "authors' generator"), ("unseen", "unseen generator"),
+                ("new_classes", "new classes (zero-shot)"))
+    groups = {f"{r['data']} {r['objective']}" + (f" ({r['text']})" if r["objective"] != "supervised" else ""):
+              {label: r[key] for key, label in measures if r[key] is not None} for r in _ordered(rows)}
+    return plots.plot_grouped_bars(groups, path, title="Supervised head vs CLIP-style training (same tower, data, budget)")
+
+
 def register_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("comparison", help="Planktonzilla's table: supervised vs CLIP-style runs")
     parser.add_argument("workdirs", nargs="+", help="finished runs of configs/planktonzilla.py")
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
+    parser.add_argument("--plot", default=None, help="also draw the accuracies as grouped bars into this PNG")
     parser.set_defaults(func=_run)
     return parser
 
 
 def _run(args) -> int:
-    table = markdown([row(folder) for folder in args.workdirs])
+    rows = [row(folder) for folder in args.workdirs]
+    table = markdown(rows)
     print(table, end="")
+    if args.plot:
+        print(f"wrote {plot(rows, args.plot)}")
     if args.out:
         epath.Path(args.out).write_text(table)
         print(f"wrote {args.out}")
