@@ -13,8 +13,8 @@ Arguments after the colon:
              --out workdir/species` first; species_dir names another folder)
   objective  supervised (fungizsl.planktonzilla.trainer: image tower + linear head, cross-entropy)
              | clip (the FungalZSL trainer: contrastive image-text loss)
-  text       for objective=clip: names (growth, defungi: hand-written prompt templates around the
-             class name; species: the species name) | descriptions (growth: each image's own scene
+  text       for objective=clip: names (growth: hand-written prompt templates around the stage
+             name; defungi: its class codes in the generic name prompts; species: the species name) | descriptions (growth: each image's own scene
              caption, the main job's text; defungi: the appearance descriptions written into
              configs/defungi.py; species: its look in words) | lineage (species only: kingdom to
              species, as the CSVs record it)
@@ -37,10 +37,11 @@ import ml_collections
 
 from configs import defungi, fungalzsl
 from configs.common import parse_arg
+from fungizsl.fungalzsl.evaluate import NAME_TEMPLATES
 
 OBJECTIVES = ("supervised", "clip")
 TEXTS = {"growth": {"names": "templates", "descriptions": "scene"},
-         "defungi": {"names": "templates", "descriptions": "class_descriptions"},
+         "defungi": {"names": "class_descriptions", "descriptions": "class_descriptions"},
          "species": {"names": "names", "lineage": "lineage", "descriptions": "descriptions"}}
 SPECIES_SIZE = 64  # fungizsl species-folders' default image side
 
@@ -85,8 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     else:
         config = defungi.get_config(f"arch={arg.arch},tfds_dir={arg.tfds_dir}{local}")
         if arg.objective == "clip":
-            config.data.captions = TEXTS["defungi"][arg.text]
+            config.data.captions = "class_descriptions"
             config.evals.zeroshot.sources = (config.data.captions,)
+        if arg.objective == "clip" and arg.text == "names":  # the class codes in generic name prompts
+            config.data.class_descriptions = {c: [t.format(c) for t in NAME_TEMPLATES] for c in defungi.DESCRIPTIONS}
     config.comparison = ml_collections.ConfigDict(dict(
         data=arg.data, objective=arg.objective, text=arg.text if arg.objective == "clip" else "none"))
     if arg.objective == "supervised":

@@ -144,7 +144,11 @@ def test_every_row_of_a_data_set_has_the_same_budget_tower_and_images(data, text
     assert supervised.trainer == "fungizsl.planktonzilla.trainer" and names.trainer == "fungizsl.fungalzsl.trainer"
     assert {cfg.type for cfg in supervised.evals.values()} == {"classify"} and supervised.best_metric == "classify/accuracy"
     assert supervised.evals.classify.split == "val" and supervised.evals.classify.every == supervised.eval_every
-    assert names.data.captions != descriptions.data.captions
+    def text(row):
+        return row.data.captions, str(row.data.get("class_descriptions"))
+    assert text(names) != text(descriptions)
+    if data == "defungi":
+        assert dict(names.data.class_descriptions)["GMA"][0] == "a photo of GMA."
     if data == "species":
         assert [row.data.captions for row in rows[1:]] == [f"workdir/species/texts/{t}.jsonl" for t in texts]
         assert all(row.data.kind == "folders" and row.data.folders == "workdir/species" for row in rows)
