@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fungizsl.models import convnet, two_towers
@@ -120,3 +121,14 @@ def test_clip_model_on_the_conv_tower_has_no_visual_projection():
     assert "visual_projection" not in variables["params"] and "batch_stats" in variables
     out = model.apply(variables, jnp.ones((2, 96, 96, 3)), jnp.ones((2, 16), jnp.int32))
     assert out["logits_per_image"].shape == (2, 2)
+
+
+def test_reshape_max_pool_equals_flax_max_pool_and_its_gradient():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 6, 3))  # continuous values: no ties
+    want = nn.max_pool(x, (2, 2), strides=(2, 2))
+    assert jnp.array_equal(convnet.max_pool_2x2(x), want)
+    weights = jax.random.normal(jax.random.PRNGKey(1), want.shape)
+    grad = jax.grad(lambda v: (convnet.max_pool_2x2(v) * weights).sum())(x)
+    grad_ref = jax.grad(lambda v: (nn.max_pool(v, (2, 2), strides=(2, 2)) * weights).sum())(x)
+    assert jnp.array_equal(grad, grad_ref)
+    assert int((grad != 0).sum()) == want.size  # one winner per window

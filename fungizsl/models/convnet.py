@@ -73,6 +73,17 @@ def convnet_config(variant: str, **overrides) -> ConvNetConfig:
     return ConvNetConfig(**{**VARIANTS[variant], **overrides})
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 of NHWC activations, as a reshape and a max: the same values
+    as `nn.max_pool(x, (2, 2), strides=(2, 2))`, whose gradient XLA:CPU runs as a slow
+    select-and-scatter. The reshape's gradient is a mask multiply: the cnn_tiny train step went
+    from 187 to 167 ms (1.12x, batch 32, fp32, 2 quiet cores). On a tie the gradient is split
+    among the maxima where PyTorch's max_pool2d picks one; after a ReLU the tied maxima are zeros,
+    whose ReLU gradient is zero either way."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class ConvNet(nn.Module):
     """Returns `pooled` [B, output_dim] (already in the joint space) and `feature_map`
     [B, H/2**(n-1), W/2**(n-1), widths[-1]]."""
@@ -95,7 +106,7 @@ class ConvNet(nn.Module):
                         use_bias=False, dtype=cfg.dtype, name=f"conv{i}")(x)
             x = nn.relu(layers.batch_norm(cfg, train, f"bn{i}")(x))
             if 0 < i < last:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
         pooled = nn.Dense(cfg.output_dim, use_bias=False, dtype=cfg.dtype, name="proj")(
             x.astype(jnp.float32).mean(axis=(1, 2)).astype(cfg.dtype))
         return {"feature_map": x, "pooled": pooled}
