@@ -20,9 +20,9 @@ import numpy as np
 from etils import epath
 
 from fungizsl.data import augment, builders
+from fungizsl.data.builders.image_folder import IMAGE_EXTENSIONS, walk_files
 from fungizsl.errors import ConfigError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
 
 @dataclasses.dataclass
@@ -39,15 +39,9 @@ class ImageSet:
         return len(self.labels)
 
 
-def _image_files(folder: epath.Path):
+def _image_files(folder: epath.Path) -> list[epath.Path]:
     """Image files under `folder`, nested folders included, hidden entries skipped, sorted."""
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            yield from _image_files(entry)
-        elif entry.suffix.lower() in IMAGE_EXTENSIONS:
-            yield entry
+    return [f for f in walk_files(folder) if f.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 def class_folders(root: epath.Path) -> dict[str, list[epath.Path]]:

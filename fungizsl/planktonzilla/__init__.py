@@ -1,8 +1,9 @@
 """Planktonzilla's controlled comparison: supervised classification against CLIP-style training.
 
-Planktonzilla (``../shared/papers/003_…``) finds that a supervised classifier on a backbone
-matches or beats contrastive image-text training of the same backbone. This wing makes the
-comparison rerunnable on this project's data:
+Planktonzilla ("Planktonzilla: Multimodal dataset and models for understanding plankton
+ecosystems") finds that a supervised classifier on a backbone matches or beats contrastive
+image-text training of the same backbone. This package makes the comparison rerunnable on this
+project's data:
 
 * :mod:`~fungizsl.planktonzilla.trainer`: the supervised trainer, the FungalZSL image tower plus a
   linear head under softmax cross-entropy, fed by the same inputs, augmentation and budget as
