@@ -141,6 +141,22 @@ def test_growth_stages_config_validation():
         GrowthStagesConfig(name="x", stages=("spore", "fruiting_body"))
     with pytest.raises(ValueError, match="encoding"):
         GrowthStagesConfig(name="x", encoding="webp")
+    with pytest.raises(ValueError, match="magnification"):
+        GrowthStagesConfig(name="x", magnification=(2.0, 1.0))
+
+
+def test_growth_stages_cli_options_reach_the_renderer():
+    """--magnification and --field-fraction change the render config (and so the derived name)."""
+    parser = argparse.ArgumentParser(prog="fungizsl")
+    builders.register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["build", "fungal_growth_stages", "--config", "realistic_224_randomised",
+                              "--magnification", "0.3,3.2", "--field-fraction", "0.5"])
+    config = builders._cli_config(args)
+    render = config.render_config()
+    assert render.magnification == (0.3, 3.2) and render.field_fraction == 0.5 and render.white_background
+    assert config.name.startswith("realistic_224_randomised_") and config.name != "realistic_224_randomised"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build", "fungal_growth_stages", "--magnification", "0.3"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -506,3 +506,28 @@ def test_whole_field_augmentation_only_flips_rotates_and_recolours():
         assert matches, f"seed {seed}: not a flip/rotation of the whole image"
         seen.add(matches[0])
     assert len(seen) >= 6  # the flips and turns do vary
+
+
+def test_lower_resolution_loses_what_a_coarser_camera_would():
+    """A one-pixel checkerboard sampled at half resolution is uniform grey (each 2x2 box averages
+    0 and 255 to 127.5), and stays grey when resized back; a flat image stays itself. At
+    `lowres_prob` 1 the randomised preset always does this at scale 0.5, at 0 it never runs."""
+    import dataclasses
+
+    checker = ((np.indices((16, 16)).sum(0) % 2) * 255).astype(np.uint8)
+    image = Image.fromarray(np.repeat(checker[..., None], 3, axis=-1))
+    out = np.asarray(aug.lower_resolution(image, np.random.default_rng(0), (0.5, 0.5)))
+    assert out.shape == (16, 16, 3) and set(np.unique(out)) <= {127, 128}
+    flat = Image.fromarray(np.full((16, 16, 3), 77, np.uint8))
+    assert np.array_equal(np.asarray(aug.lower_resolution(flat, np.random.default_rng(0), (0.5, 0.7))), np.asarray(flat))
+    norm = aug.get_normalization("clip")
+    preset = aug.get_augment("microscopy_randomised")
+    assert preset.lowres_prob > 0 and preset.crop_scale == (1.0, 1.0)
+    always = dataclasses.replace(preset, jitter_prob=0.0, lowres_prob=1.0, lowres_scale=(0.5, 0.5), grayscale_prob=0.0)
+    got = aug.augment_image(image, np.random.default_rng(3), always, 16, norm)
+    assert np.allclose(got, aug.normalize(out, norm), atol=1e-6)  # a flip or turn of grey is grey
+    never = dataclasses.replace(always, lowres_prob=0.0)
+    kept = aug.augment_image(image, np.random.default_rng(3), never, 16, norm)
+    assert set(np.round(kept[..., 0], 4).ravel().tolist()) == set(np.round(aug.normalize(checker[..., None].repeat(3, -1), norm)[..., 0], 4).ravel().tolist())
+    with pytest.raises(ValueError, match="lowres_scale"):
+        aug.AugmentConfig(lowres_scale=(0.5, 1.5))

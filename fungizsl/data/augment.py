@@ -9,7 +9,11 @@ Training transform (:func:`augment_image`), in this order:
 1. random resized crop (area fraction ``crop_scale``, aspect ratio ``crop_ratio``; the crop is cut
    and resized in one PIL call, so it costs one resampling pass);
 2. horizontal / vertical flips and, for microscopy where "up" means nothing, 90-degree rotations;
-3. colour jitter (brightness, contrast, saturation, hue, optional grayscale) in random order.
+3. optionally (``lowres_prob``) a lower resolution: the image shrunk to a side drawn from
+   ``lowres_scale`` times ``size`` (box filter, as a coarser camera would sample it) and resized
+   back (bicubic, as the evaluation transform resizes a smaller image), so thin structures are
+   learned as they look at other resolutions;
+4. colour jitter (brightness, contrast, saturation, hue, optional grayscale) in random order.
 
 Every colour operation is affine in RGB, so the drawn operations are composed into one 3x3 matrix
 and offset and applied in one pass by PIL's matrix conversion (rounded and clipped to uint8 once, at
@@ -24,7 +28,8 @@ Evaluation transform (:func:`eval_image`): CLIP's preprocessing, i.e. the centra
 Presets (:data:`AUGMENT_PRESETS`): ``"natural"`` for photographs (FungiCLEF), ``"microscopy"`` for
 micrographs and the synthetic growth stages (vertical flips and rotations, no hue change: the
 paper preset of :mod:`fungizsl.data.synthetic` encodes the class in the colour),
-``"microscopy_whole_field"`` (the same without the crop, for captions of the whole image), ``"none"``
+``"microscopy_whole_field"`` (the same without the crop, for captions of the whole image),
+``"microscopy_randomised"`` (whole field, with lower resolutions and grayscale drawn), ``"none"``
 for the deterministic evaluation transform.
 """
 
@@ -158,11 +163,13 @@ class AugmentConfig:
     saturation: float = 0.2
     hue: float = 0.0
     grayscale_prob: float = 0.0
+    lowres_prob: float = 0.0
+    lowres_scale: tuple[float, float] = (0.5, 1.0)
     interpolation: str = "bilinear"
 
     def __post_init__(self):
         name = type(self).__name__
-        for field in ("crop_scale", "crop_ratio"):
+        for field in ("crop_scale", "crop_ratio", "lowres_scale"):
             value = getattr(self, field)
             try:
                 low, high = (float(v) for v in value)
@@ -172,10 +179,13 @@ class AugmentConfig:
         low, high = self.crop_scale
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"{name}.crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        low, high = self.lowres_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"{name}.lowres_scale must satisfy 0 < min <= max <= 1, got {self.lowres_scale}")
         low, high = self.crop_ratio
         if not 0.0 < low <= high:
             raise ValueError(f"{name}.crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
-        for field in ("hflip", "vflip", "jitter_prob", "grayscale_prob"):
+        for field in ("hflip", "vflip", "jitter_prob", "grayscale_prob", "lowres_prob"):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}.{field} is a probability and must lie in [0, 1], got {value!r}")
@@ -200,6 +210,11 @@ AUGMENT_PRESETS: dict[str, AugmentConfig | None] = {
     # captions count spores, name the density and where colonies sit): flips, rotations and colour
     # jitter, but no crop, which would leave the caption describing what is no longer in view.
     "microscopy_whole_field": AugmentConfig(crop_scale=(1.0, 1.0), vflip=0.5, rot90=True, hue=0.0),
+    # The same with resolution and colour randomised (issue 21: a model that does not learn one
+    # resolution or lean on colour): a third of the images at 0.5-1.0 of the input's resolution,
+    # a tenth in grayscale.
+    "microscopy_randomised": AugmentConfig(crop_scale=(1.0, 1.0), vflip=0.5, rot90=True, hue=0.0,
+                                           grayscale_prob=0.1, lowres_prob=0.3, lowres_scale=(0.5, 1.0)),
     "none": None,
 }
 
@@ -391,11 +406,23 @@ def augment_image(image: Image.Image, rng: np.random.Generator, config: AugmentC
     else:
         crop = image.resize((size, size), _RESAMPLE[config.interpolation], box=box)
     crop = flip_and_rotate(crop, rng, config)
+    if config.lowres_prob > 0 and rng.random() < config.lowres_prob:
+        crop = lower_resolution(crop, rng, config.lowres_scale)
     mean_rgb = ImageStat.Stat(crop).mean if config.has_jitter and config.contrast else np.zeros(3)
     affine = colour_jitter_affine(rng, config, mean_rgb)
     if affine is not None:
         crop = apply_colour_affine(crop, affine)
     return normalize(np.asarray(crop), norm)
+
+
+def lower_resolution(image: Image.Image, rng: np.random.Generator, scale: tuple[float, float]) -> Image.Image:
+    """`image` sampled at a side drawn uniformly from ``scale`` times its own (box filter), then
+    resized back to its own size (bicubic)."""
+    side = max(1, round(rng.uniform(*scale) * image.width))
+    if side >= image.width:
+        return image
+    small = image.resize((side, max(1, round(side * image.height / image.width))), Image.BOX)
+    return small.resize(image.size, Image.BICUBIC)
 
 
 def eval_image(image: Image.Image, size: int, norm: Normalization, crop_fraction: float = 1.0,

@@ -129,6 +129,15 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def _range(value: str) -> tuple[float, float]:
+    parts = _csv(value)
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), got {value!r}") from None
+    return low, high
+
+
 def _fractions(value: str) -> tuple[tuple[str, float], ...]:
     """'train=0.7,val=0.15,test=0.15' or '0.7,0.15,0.15' (train, val, test)."""
     parts = _csv(value)
@@ -158,11 +167,14 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
     gs = nested.add_parser("fungal_growth_stages", help="rendered spore/hyphae/mycelium images (FungalZSL)")
     _common_options(gs, "realistic_224", ("realistic_224", "paper_224", "realistic_336", "paper_336",
-                                          "realistic_224_hard", "realistic_224_five_stages", "tiny"), None)
+                                          "realistic_224_hard", "realistic_224_five_stages", "realistic_224_randomised",
+                                          "tiny"), None)
     gs.add_argument("--size", type=int, dest="image_size", help="image side in pixels")
     gs.add_argument("--preset", choices=PRESETS)
     gs.add_argument("--overlap", type=float, dest="hyphae_mycelium_overlap", help="hyphae/mycelium overlap in [0, 1]")
     gs.add_argument("--stages", type=_csv, help=f"comma list from {', '.join(ALL_STAGES)}")
+    gs.add_argument("--magnification", type=_range, help="per-image magnification range LOW,HIGH (realistic)")
+    gs.add_argument("--field-fraction", type=float, help="share of network images drawn as fields of small colonies")
     gs.add_argument("--train-per-class", type=int)
     gs.add_argument("--val-per-class", type=int)
     gs.add_argument("--test-per-class", type=int)
@@ -176,7 +188,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     gs.add_argument("--workers", type=int, default=0, help="render in this many processes (0: in this one)")
     gs.set_defaults(func=run_build_cli, overrides=("image_size", "preset", "hyphae_mycelium_overlap", "stages",
                                                    "train_per_class", "val_per_class", "test_per_class", "seed",
-                                                   "encoding", "jpeg_quality", "caption_source"))
+                                                   "encoding", "jpeg_quality", "caption_source", "magnification",
+                                                   "field_fraction"))
 
     fc = nested.add_parser("fungiclef2025", help="FungiCLEF 2025 (FungiTastic-FewShot) images and metadata")
     _common_options(fc, "300p", ("300p", "500p", "720p", "fullsize", "metadata_only"),

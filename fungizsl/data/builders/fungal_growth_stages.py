@@ -63,6 +63,7 @@ class GrowthStagesConfig(tfds.core.BuilderConfig):
     preset: str = "realistic"
     hyphae_mycelium_overlap: float = 0.3
     field_fraction: float = 0.0  # domain randomisation of scale (synthetic.RenderConfig)
+    magnification: tuple[float, float] = (0.6, 1.7)  # per-image magnification range (synthetic.RenderConfig)
     white_background: bool = False  # flat colour on white among the realistic backgrounds
     stages: tuple[str, ...] = synthetic.STAGES
     train_per_class: int = 1600  # the paper: 4,800 / 600 / 600 over three classes
@@ -86,7 +87,8 @@ class GrowthStagesConfig(tfds.core.BuilderConfig):
     def render_config(self) -> synthetic.RenderConfig:
         return synthetic.RenderConfig(image_size=self.image_size, preset=self.preset,
                                       hyphae_mycelium_overlap=self.hyphae_mycelium_overlap, stages=self.stages,
-                                      field_fraction=self.field_fraction, white_background=self.white_background)
+                                      field_fraction=self.field_fraction, white_background=self.white_background,
+                                      magnification=tuple(self.magnification))
 
     def per_class(self, split: str) -> int:
         return getattr(self, f"{split}_per_class")
