@@ -84,7 +84,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # sit): a random crop would train on a caption of what is no longer in view, and it cost 9
     # points of val zero-shot at 500 steps (docs/results.md, ablation). Stage-level captions keep
     # the crop.
-    config.data.augment = "microscopy_whole_field" if arg.captions == "scene" else "microscopy"
+    # The crop-free preset with resolution (a third of the images at 0.5-1.0 of the input's) and
+    # grayscale randomised: with the randomised renders below, the main job's shifted test sets
+    # rose from 0.80-0.93 to 0.90-0.96 and the authors' generator from 0.34 to 0.97 (issue 21).
+    config.data.augment = "microscopy_randomised" if arg.captions == "scene" else "microscopy"
+    # Rendered data (kind="rendered"): draw the realistic preset with synthetic.RANDOMISED (magnification
+    # 0.3-3.2, fields of small colonies, flat colour on white). For kind="tfds", build the same renders
+    # with `fungizsl build fungal_growth_stages --config realistic_224_randomised` (launch/local.sh).
+    config.data.randomised = True
     config.data.worker_count = 0
     config.data.audit_indices = False  # save each process's record indices per step (workdir/audit)
     config.data.cache_in_memory = arg.runlocal  # render each split once instead of on every access
@@ -174,15 +181,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             # Batch 32 costs 0.85x the per-image time of batch 64 on 2 cores, and with twice the
             # steps it was better on val (0.943 vs 0.933 after 1,000 steps of 64, in less time;
             # 2,200 steps gave 0.935). Input standardisation (models/convnet.py) took it to 0.948.
+            # Issue 21 (docs/training.md, "Randomised renders"): on the randomised renders (launch/local.sh
+            # builds 4,800 training images per class) val rose from 0.918 after 2,000 steps to 0.930
+            # after 2,600; 2,400 keeps the job inside 10 minutes on 2 cores.
             config.batch_size = 32
-            config.total_steps = 2000
+            config.total_steps = 2400
             config.warmup_steps = 100
-            config.eval_every = 1000
-            # Issue 21, measured on one seed each under load, not the default: the instance term
-            # (config.loss.instance_weight 0.5 or 1.0) left instance R@1 at 0.005-0.02 of 600; the
-            # renderer's domain randomisation (builder config realistic_224_randomised) lifted
-            # the authors' generator (test_paper) from 0.33 to 0.74-0.89 but cost the own test
-            # split (0.90-0.74 against 0.955), so the main job keeps this recipe (docs/training.md).
+            config.eval_every = 1200
     # Robustness (fungizsl/data/robustness.py): zero-shot on the test scenes re-rendered under a
     # shift the model never trained on, once after training (every=0 on a `test_<condition>`
     # split); summary.json "robustness/<condition>". Sizes: 2/3 and 4/3 of the training size.

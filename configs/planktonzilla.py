@@ -71,7 +71,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.data == "growth":
         captions = TEXTS["growth"][arg.text] if arg.objective == "clip" else "scene"
         config = fungalzsl.get_config(f"arch={arg.arch},captions={captions}{local}")
-        config.data.augment = "microscopy_whole_field"  # the main job's, for every row
+        # the main job's recipe when the table was measured (before its randomised renders), for every row
+        config.data.augment = "microscopy_whole_field"
+        config.data.randomised = False
         config.loss.class_aware = True  # as the main job (scene captions with class-aware pairs)
     elif arg.data == "species":  # class folders and texts written by `fungizsl species-folders`
         text = TEXTS["species"][arg.text if arg.objective == "clip" else "names"]
@@ -90,6 +92,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             config.evals.zeroshot.sources = (config.data.captions,)
         if arg.objective == "clip" and arg.text == "names":  # the class codes in generic name prompts
             config.data.class_descriptions = {c: [t.format(c) for t in NAME_TEMPLATES] for c in defungi.DESCRIPTIONS}
+    if arg.runlocal:  # the table's budget for every row: 2,000 steps of 32 (docs/comparison.md)
+        config.total_steps, config.eval_every = 2000, 1000
     config.comparison = ml_collections.ConfigDict(dict(
         data=arg.data, objective=arg.objective, text=arg.text if arg.objective == "clip" else "none"))
     if arg.objective == "supervised":

@@ -20,11 +20,14 @@ source launch/setup_env.sh  # .venv with the package only: the main job needs no
 WORKDIR=${WORKDIR:-workdir/fungalzsl-local}
 TFDS_DIR=${TFDS_DIR:-workdir/tfds}
 SIZE=${SIZE:-96}  # configs/fungalzsl.py RUNLOCAL_CPU_SIZE
-DATASET=local_realistic_${SIZE}
+DATASET=local_randomised_${SIZE}
 
-echo "== 1/2 rendering the synthetic growth stages (1,600 / 200 / 200 images per class, ${SIZE} px)"
-fungizsl build fungal_growth_stages --config realistic_224 --size "$SIZE" --name "$DATASET" \
-  --data-dir "$TFDS_DIR" --workers 2
+# The randomised renders (magnification 0.3-3.2, fields of small colonies, flat colour on white;
+# fungizsl/data/synthetic.py RANDOMISED), three times the paper's 1,600 training images per class:
+# rendering is cheap next to training, and fresh scenes beat repeated ones (docs/training.md).
+echo "== 1/2 rendering the synthetic growth stages (4,800 / 200 / 200 images per class, ${SIZE} px, randomised)"
+fungizsl build fungal_growth_stages --config realistic_224_randomised --train-per-class 4800 --size "$SIZE" \
+  --name "$DATASET" --data-dir "$TFDS_DIR" --workers 2
 
 echo "== 2/2 training and evaluating a small CLIP from scratch (workdir: $WORKDIR)"
 python -m fungizsl.main --config="configs/fungalzsl.py:arch=cnn_tiny,runlocal" --workdir="$WORKDIR" \

@@ -1,7 +1,9 @@
 """Config argument parsing: typed values and errors that name the key."""
 
+import numpy as np
 import pytest
 
+from configs import fungalzsl
 from configs.common import parse_arg
 
 
@@ -71,3 +73,26 @@ def test_fungalzsl_default_captions_are_per_image_scenes_with_heldout_prompts():
     paper = fungalzsl.get_config("arch=tiny,runlocal,captions=fungalzsl_split,data_dir=/data/fungalzsl")
     assert paper.data.captions_dir == "/data/fungalzsl" and paper.loss.class_aware
     assert tuple(paper.evals.zeroshot.sources) == ("fungalzsl_split", "templates")
+
+
+def test_rendered_training_data_is_the_randomised_renderer_the_local_job_builds():
+    """config.data.randomised draws the realistic preset with synthetic.RANDOMISED, the same
+    settings as the builder config launch/local.sh renders (one rule); off, the plain renderer."""
+    from fungizsl.data import synthetic
+    from fungizsl.data.builders.fungal_growth_stages import BUILDER_CONFIGS
+    from fungizsl.fungalzsl.inputs import FungalZSLData
+
+    config = fungalzsl.get_config("arch=tiny,runlocal,captions=templates")
+    config.data.cache_in_memory = False  # render on access: only the records looked at
+    assert config.data.randomised and config.data.augment == "microscopy"  # stage-level captions crop
+    assert fungalzsl.get_config("arch=cnn_tiny,runlocal").data.augment == "microscopy_randomised"
+    render = FungalZSLData(config).source("train").render_config
+    assert (render.magnification, render.field_fraction, render.white_background) == ((0.3, 3.2), 0.3, True)
+    built = {c.name: c for c in BUILDER_CONFIGS}["realistic_224_randomised"].render_config()
+    assert (built.magnification, built.field_fraction, built.white_background) == ((0.3, 3.2), 0.3, True)
+    record = FungalZSLData(config).source("train")[4]  # image 1 of stage 1 (three stages)
+    expected = synthetic.render_image("hyphae", 1, config.data_seed, render)
+    assert np.array_equal(record["image"], expected)
+    config.data.randomised = False
+    plain = FungalZSLData(config).source("train").render_config
+    assert (plain.magnification, plain.field_fraction, plain.white_background) == ((0.6, 1.7), 0.0, False)

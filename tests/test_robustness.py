@@ -51,10 +51,13 @@ def test_bad_conditions_and_splits_are_named():
 
 def test_final_pass_runs_final_only_variants_on_their_own_split():
     entries = {"zeroshot": {"split": "val", "every": 10}, "robust_gray": {"split": "test_gray", "every": 0},
-               "later": {"split": "val", "every": 0}}
+               "later": {"split": "val", "every": 0}, "val_paper": {"split": "val_paper", "every": 10},
+               "robust_paper": {"split": "test_paper", "every": 0}}
     passes = core.final_passes(entries, "test")
     assert set(passes["test"]) == {"zeroshot", "later"}
     assert set(passes["test_gray"]) == {"robust_gray"}
+    # a shifted validation set ends on the same shift of the test scenes, not on the plain test split
+    assert set(passes["test_paper"]) == {"val_paper", "robust_paper"}
 
 
 def test_a_shifted_test_set_during_training_is_refused_before_anything_is_prepared(tmp_path):

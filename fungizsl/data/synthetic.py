@@ -58,6 +58,12 @@ PRESETS = ("realistic", "paper", "colony")
 # "white": flat colour of any hue on a white page, the look of the authors' drawings (colour is
 # still drawn independently of the stage)
 BACKGROUNDS = ("brightfield", "darkfield", "stained", "phase", "agar", "white")
+# The domain randomisation the main job trains on (issue 21): RenderConfig fields over the realistic
+# preset. A tenth to three times the base magnification (several colonies small in the field through
+# one filling it), 30 % of the network images as fields of small colonies, flat colour on white
+# among the backgrounds. The builder config realistic_224_randomised and the rendered input path
+# (config.data.randomised) both take it from here.
+RANDOMISED = dict(magnification=(0.3, 3.2), field_fraction=0.3, white_background=True)
 BACKGROUND_PROBS = (0.2, 0.12, 0.2, 0.12, 0.16, 0.2)
 LAYOUTS = ("single", "field")  # realistic networks: one scale, or several small colonies across the field
 
@@ -129,13 +135,13 @@ class RenderConfig:
     # the field) at a magnification drawn log-uniformly in field_magnification, with filaments
     # thinned by a factor in field_width; their spores keep a scale of their own. 0 (the default,
     # the main job's renders): every image is one scene at `magnification` (the layout draw
-    # consumes no random numbers then). The builder config realistic_224_randomised uses 0.3.
+    # consumes no random numbers then). RANDOMISED (the main job's renders) uses 0.3.
     field_fraction: float = 0.0
     field_magnification: tuple[float, float] = (0.1, 1.0)
     n_colonies: tuple[int, int] = (4, 12)
     field_width: tuple[float, float] = (0.35, 1.0)
     # realistic preset: draw backgrounds from BACKGROUNDS (with "white") instead of the five
-    # microscopy families only (False by default: pixels as before; True in realistic_224_randomised)
+    # microscopy families only (False by default: pixels as before; True in RANDOMISED)
     white_background: bool = False
 
     def __post_init__(self):

@@ -127,8 +127,9 @@ class FungalZSLData:
                 raise ValueError("config.data.kind='tfds' needs config.data.tfds_dir and config.data.tfds_config")
             return builders.data_source(d.get("tfds_builder", "fungal_growth_stages"), split,
                                         config=d.tfds_config, data_dir=d.tfds_dir)
+        randomised = synthetic.RANDOMISED if d.get("randomised", False) and d.preset == "realistic" else {}
         render = synthetic.RenderConfig(image_size=d.image_size, preset=d.preset,
-                                        hyphae_mycelium_overlap=d.overlap, stages=tuple(d.stages))
+                                        hyphae_mycelium_overlap=d.overlap, stages=tuple(d.stages), **randomised)
         return pipeline.RenderedSource(tuple(d.stages), d.per_class[split],
                                        seed=self.data_seed + SPLIT_SEED_OFFSET[split], render_config=render)
 

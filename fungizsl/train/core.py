@@ -261,11 +261,19 @@ def due_evals(entries: dict[str, dict], step: int, total_steps: int) -> dict[str
 
 def final_passes(entries: dict[str, dict], final_split: str) -> dict[str, dict[str, dict]]:
     """split -> {name: config} of the final evaluation: every entry on ``final_split``, except
-    final-only entries (``every=0``) on a variant of it (``<final split>_<name>``), on their own."""
+    final-only entries (``every=0``) on a variant of it (``<final split>_<name>``), on their own, and
+    entries on a variant of another split (``val_<name>``, e.g. a shifted validation set), on the
+    same variant of the final split (``test_<name>``): a shifted val set is never the plain test set."""
     passes: dict[str, dict[str, dict]] = {final_split: {}}
     for name, cfg in entries.items():
-        own = not int(cfg["every"] or 0) and cfg["split"].startswith(f"{final_split}_")
-        passes.setdefault(cfg["split"] if own else final_split, {})[name] = cfg
+        split = cfg["split"]
+        if split.startswith(f"{final_split}_"):
+            target = split if not int(cfg["every"] or 0) else final_split
+        elif "_" in split:
+            target = f"{final_split}_{split.split('_', 1)[1]}"
+        else:
+            target = final_split
+        passes.setdefault(target, {})[name] = cfg
     return passes
 
 

@@ -110,9 +110,10 @@ BUILDER_CONFIGS = [
     _config("realistic_336", "Realistic preset at 336 px for ViT-L/14@336.", image_size=336, preset="realistic"),
     _config("paper_336", "The FungalZSL authors' generator at 336 px for ViT-L/14@336, PNG.", image_size=336,
             preset="paper", encoding="png"),
-    _config("realistic_224_randomised", "Realistic preset with scale and style randomised: 30 % of network "
-            "images are fields of 4-12 small colonies (magnification 0.1-1.0), flat colour on white among the "
-            "backgrounds.", image_size=224, preset="realistic", field_fraction=0.3, white_background=True),
+    _config("realistic_224_randomised", "Realistic preset with scale and style randomised (synthetic.RANDOMISED, "
+            "the main job's renders): magnification 0.3-3.2, 30 % of network images fields of 4-12 small "
+            "colonies, flat colour on white among the backgrounds.", image_size=224, preset="realistic",
+            **synthetic.RANDOMISED),
     _config("realistic_224_hard", "Realistic preset, hyphae and mycelium drawn from one distribution.",
             image_size=224, preset="realistic", hyphae_mycelium_overlap=1.0),
     _config("realistic_224_five_stages", "Realistic preset with the two extra stages (five classes).",
@@ -137,12 +138,14 @@ class FungalGrowthStages(BuilderBase):
     ``if __name__ == "__main__"``, since spawned workers re-import the main module.
     """
 
-    VERSION = tfds.core.Version("1.3.0")
+    VERSION = tfds.core.Version("1.4.0")
     RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Each record carries its scene parameters ('scene').",
                      "1.2.0": "paper_224 / paper_336 render the FungalZSL authors' generator (ten small growth "
                               "centres per field); the earlier single-colony look is the 'colony' preset.",
                      "1.3.0": "realistic_224_randomised (fields of small colonies, flat colour on white); each "
-                              "record's scene gains 'layout'."}
+                              "record's scene gains 'layout'.",
+                     "1.4.0": "realistic_224_randomised also draws magnification from 0.3-3.2 (was 0.6-1.7); "
+                              "the magnification range is a config field (--magnification)."}
     BUILDER_CONFIGS = BUILDER_CONFIGS
     DEFAULT_BUILDER_CONFIG_NAME = "realistic_224"
 
