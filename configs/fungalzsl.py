@@ -84,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # sit): a random crop would train on a caption of what is no longer in view, and it cost 9
     # points of val zero-shot at 500 steps (docs/results.md, ablation). Stage-level captions keep
     # the crop.
-    # The crop-free preset with resolution (a third of the images at 0.5-1.0 of the input's) and
+    # The crop-free preset with resolution (half the images at 0.5-1.0 of the input's) and
     # grayscale randomised: with the randomised renders below, the main job's shifted test sets
     # rose from 0.80-0.93 to 0.90-0.96 and the authors' generator from 0.34 to 0.97 (issue 21).
     config.data.augment = "microscopy_randomised" if arg.captions == "scene" else "microscopy"

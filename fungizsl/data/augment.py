@@ -211,10 +211,10 @@ AUGMENT_PRESETS: dict[str, AugmentConfig | None] = {
     # jitter, but no crop, which would leave the caption describing what is no longer in view.
     "microscopy_whole_field": AugmentConfig(crop_scale=(1.0, 1.0), vflip=0.5, rot90=True, hue=0.0),
     # The same with resolution and colour randomised (issue 21: a model that does not learn one
-    # resolution or lean on colour): a third of the images at 0.5-1.0 of the input's resolution,
-    # a tenth in grayscale.
+    # resolution or lean on colour): half the images at 0.5-1.0 of the input's resolution (val
+    # zero-shot 0.935 against 0.922 with a third, main job, one seed each), a tenth in grayscale.
     "microscopy_randomised": AugmentConfig(crop_scale=(1.0, 1.0), vflip=0.5, rot90=True, hue=0.0,
-                                           grayscale_prob=0.1, lowres_prob=0.3, lowres_scale=(0.5, 1.0)),
+                                           grayscale_prob=0.1, lowres_prob=0.5, lowres_scale=(0.5, 1.0)),
     "none": None,
 }
 

@@ -266,13 +266,11 @@ def final_passes(entries: dict[str, dict], final_split: str) -> dict[str, dict[s
     same variant of the final split (``test_<name>``): a shifted val set is never the plain test set."""
     passes: dict[str, dict[str, dict]] = {final_split: {}}
     for name, cfg in entries.items():
-        split = cfg["split"]
+        split, every = cfg["split"], int(cfg["every"] or 0)
         if split.startswith(f"{final_split}_"):
-            target = split if not int(cfg["every"] or 0) else final_split
-        elif "_" in split:
-            target = f"{final_split}_{split.split('_', 1)[1]}"
+            target = final_split if every else split
         else:
-            target = final_split
+            target = f"{final_split}_{split.split('_', 1)[1]}" if "_" in split else final_split
         passes.setdefault(target, {})[name] = cfg
     return passes
 
