@@ -64,4 +64,9 @@ def test_two_processes_train_on_disjoint_data_with_identical_parameters(single, 
         assert not set(seen[0][step]) & set(seen[1][step]), f"step {step}: both processes read the same record"
         assert sorted(np.concatenate([seen[0][step], seen[1][step]])) == sorted(reference[step])
 
-    assert_same_params(single, shared, rtol=1e-5, atol=1e-6)
+    # The cross-process all-reduce sums in another order than the in-process one, and Adam divides
+    # each update by its own gradient's scale, so a float-order difference in a near-zero gradient
+    # (a rare token's embedding row) becomes an update difference of a few 1e-6 after 6 steps
+    # (measured: 1.3e-6 on one of 19,200 elements). A real defect (a record read twice or lost)
+    # moves many elements by O(lr) = 1e-3 per step.
+    assert_same_params(single, shared, rtol=1e-5, atol=5e-6)
