@@ -5,6 +5,9 @@ import pytest
 
 from configs import fungalzsl
 from configs.common import parse_arg
+from fungizsl.data import synthetic
+from fungizsl.data.builders.fungal_growth_stages import BUILDER_CONFIGS
+from fungizsl.fungalzsl.inputs import FungalZSLData
 
 
 def test_parse_arg_types_and_flags():
@@ -78,10 +81,6 @@ def test_fungalzsl_default_captions_are_per_image_scenes_with_heldout_prompts():
 def test_rendered_training_data_is_the_randomised_renderer_the_local_job_builds():
     """config.data.randomised draws the realistic preset with synthetic.RANDOMISED, the same
     settings as the builder config launch/local.sh renders (one rule); off, the plain renderer."""
-    from fungizsl.data import synthetic
-    from fungizsl.data.builders.fungal_growth_stages import BUILDER_CONFIGS
-    from fungizsl.fungalzsl.inputs import FungalZSLData
-
     config = fungalzsl.get_config("arch=tiny,runlocal,captions=templates")
     config.data.cache_in_memory = False  # render on access: only the records looked at
     assert config.data.randomised and config.data.augment == "microscopy"  # stage-level captions crop

@@ -329,6 +329,18 @@ def test_cli_writes_contact_sheet(tmp_path):
     assert np.array_equal(tile, render_image("mycelium", 2, 2, RenderConfig(image_size=48, preset="paper")))
 
 
+def test_cli_renders_the_randomised_look_the_main_job_trains_on(tmp_path):
+    from fungizsl import cli
+    from fungizsl.data.synthetic import RANDOMISED
+
+    out = tmp_path / "train.png"
+    assert cli.main(["render", "--out", str(out), "--per-stage", "2", "--size", "40", "--randomised"]) == 0
+    x, y = contact_sheets.tile_origin(1, 1, 40)  # row "hyphae", second sample
+    tile = np.asarray(Image.open(out).convert("RGB"))[y:y + 40, x:x + 40]
+    assert np.array_equal(tile, render_image("hyphae", 1, 0, RenderConfig(image_size=40, **RANDOMISED)))
+    assert cli.main(["render", "--out", str(out), "--randomised", "--preset", "paper"]) == 2
+
+
 def test_cli_writes_captioned_sheet_and_prints_the_captions(tmp_path, capsys):
     from fungizsl import cli
 

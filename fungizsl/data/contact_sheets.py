@@ -8,6 +8,7 @@ with its stage (:func:`contact_sheet`); :func:`captioned_sheet` writes each imag
     fungizsl render --out sheet.png --per-stage 8 --size 224 --preset realistic --overlap 0.3
     fungizsl render --captions --out captions.png --per-stage 4 --size 96
     fungizsl render --out unseen.png --preset unseen --size 96   # the evaluation-only generator
+    fungizsl render --out train.png --randomised --size 96       # what the main job trains on
 
 ``--preset unseen`` shows the independent generator of :mod:`fungizsl.data.unseen_renderer`
 (evaluation only: the ``test_unseen*`` splits), so its images can be looked at beside the
@@ -24,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from fungizsl.data import unseen_renderer
 from fungizsl.data.scene_pipeline import caption_examples
-from fungizsl.data.synthetic import ALL_STAGES, PRESETS, STAGES, RenderConfig, render_image, render_scene
+from fungizsl.data.synthetic import ALL_STAGES, PRESETS, RANDOMISED, STAGES, RenderConfig, render_image, render_scene
 
 UNSEEN = "unseen"  # --preset value that shows the evaluation-only generator
 
@@ -127,6 +128,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list from {', '.join(ALL_STAGES)}")
     parser.add_argument("--captions", action="store_true",
                         help="write each image's scene caption under it (and print the captions)")
+    parser.add_argument("--randomised", action="store_true",
+                        help="the main job's randomised renders (synthetic.RANDOMISED; realistic preset)")
     parser.set_defaults(func=run_render_cli)
     return parser
 
@@ -139,8 +142,10 @@ def run_render_cli(args: argparse.Namespace) -> int:
                 raise ValueError("--captions shows the training renderer's scene captions: not with --preset unseen")
             config = unseen_renderer.UnseenConfig(image_size=args.size, stages=stages)
         else:
+            if args.randomised and args.preset != "realistic":
+                raise ValueError(f"--randomised draws the realistic preset, not {args.preset!r}")
             config = RenderConfig(image_size=args.size, preset=args.preset, hyphae_mycelium_overlap=args.overlap,
-                                  stages=stages)
+                                  stages=stages, **(RANDOMISED if args.randomised else {}))
         if args.per_stage < 1 or args.seed < 0:
             raise ValueError("--per-stage must be >= 1 and --seed >= 0")
     except ValueError as err:

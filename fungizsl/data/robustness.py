@@ -16,7 +16,9 @@ project's own renderer):
 * ``gray``: the realistic renders in grayscale (colour carries no label, but the model may still
   lean on it);
 * ``zoom_out`` / ``zoom_in``: realistic renders with the per-image magnification drawn below /
-  above the training range (0.6-1.7 by default);
+  above the plain renders' range (0.6-1.7). The main job's randomised training renders
+  (``synthetic.RANDOMISED``, 0.3-3.2) cover both magnifications; these sets stay a test of the
+  plain look at them (no fields, no white backgrounds) rather than of an unseen scale;
 * ``size<N>`` (e.g. ``size64``, ``size128``): realistic renders drawn at N px, resized to the
   model's input size by the evaluation pipeline (as a photo of another resolution would be).
 
@@ -40,7 +42,7 @@ UNSEEN = "unseen"
 SHIFTS = ("gray", "zoom_out", "zoom_in")  # and size<N>: apply to the training renderer or the unseen one
 CONDITIONS = ("paper", "gray", "zoom_out", "zoom_in", "size64", "size128", "unseen", "unseen_gray",
               "unseen_zoom_out", "unseen_zoom_in", "unseen_size64", "unseen_size128", "colony")
-ZOOM_OUT = (0.3, 0.55)  # below the training range (0.6, 1.7)
+ZOOM_OUT = (0.3, 0.55)  # below the plain renders' range synthetic.MAGNIFICATION (inside RANDOMISED's)
 ZOOM_IN = (1.9, 3.2)  # above it
 
 

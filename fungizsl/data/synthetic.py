@@ -58,6 +58,9 @@ PRESETS = ("realistic", "paper", "colony")
 # "white": flat colour of any hue on a white page, the look of the authors' drawings (colour is
 # still drawn independently of the stage)
 BACKGROUNDS = ("brightfield", "darkfield", "stained", "phase", "agar", "white")
+# Per-image magnification range of the plain realistic renders (RenderConfig's default); the
+# robustness zoom shifts are drawn outside it.
+MAGNIFICATION = (0.6, 1.7)
 # The domain randomisation the main job trains on (issue 21): RenderConfig fields over the realistic
 # preset. A tenth to three times the base magnification (several colonies small in the field through
 # one filling it), 30 % of the network images as fields of small colonies, flat colour on white
@@ -129,7 +132,7 @@ class RenderConfig:
     supersample: int = 2  # drawing canvas is this many times larger, then box-filtered down
     # realistic preset: per-image magnification drawn log-uniformly in this range (robustness
     # tests shift it outside the training range; the draw consumes the same random numbers)
-    magnification: tuple[float, float] = (0.6, 1.7)
+    magnification: tuple[float, float] = MAGNIFICATION
     # realistic preset, domain randomisation of scale: this fraction of the network images (hyphae,
     # mycelium, ...) is a "field" of several small colonies (n_colonies of them, origins anywhere in
     # the field) at a magnification drawn log-uniformly in field_magnification, with filaments
@@ -298,7 +301,7 @@ def network_ranges(stage: str, overlap: float) -> dict[str, tuple[float, float]]
 
 
 def realistic_morphology(rng: np.random.Generator, stage: str, size: int, overlap: float,
-                         magnification: tuple[float, float] = (0.6, 1.7)) -> Morphology:
+                         magnification: tuple[float, float] = MAGNIFICATION) -> Morphology:
     """Per-image magnification and density, shapes drawn from stage ranges (colour is not decided here)."""
     u = size / REFERENCE_SIZE
     mag = float(np.exp(rng.uniform(np.log(magnification[0]), np.log(magnification[1]))))

@@ -63,7 +63,7 @@ class GrowthStagesConfig(tfds.core.BuilderConfig):
     preset: str = "realistic"
     hyphae_mycelium_overlap: float = 0.3
     field_fraction: float = 0.0  # domain randomisation of scale (synthetic.RenderConfig)
-    magnification: tuple[float, float] = (0.6, 1.7)  # per-image magnification range (synthetic.RenderConfig)
+    magnification: tuple[float, float] = synthetic.MAGNIFICATION  # per-image range (synthetic.RenderConfig)
     white_background: bool = False  # flat colour on white among the realistic backgrounds
     stages: tuple[str, ...] = synthetic.STAGES
     train_per_class: int = 1600  # the paper: 4,800 / 600 / 600 over three classes
