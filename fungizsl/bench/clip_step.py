@@ -14,7 +14,7 @@ import types
 import jax
 import numpy as np
 
-from fungizsl import placement
+from fungizsl import placement, xla_options
 from fungizsl.bench import measure
 from fungizsl.fungalzsl import model as model_lib
 from fungizsl.fungalzsl import trainer
@@ -122,7 +122,7 @@ def loss_and_grad_fn(bench: ClipBench):
 def embed_images_fn(bench: ClipBench):
     """(params, images) -> image embeddings; a conv tower normalises with its running statistics."""
     extra = jax.device_put(bench.extra)
-    return jax.jit(lambda p, images: bench.model.apply({"params": p, **extra}, images, method="encode_image"))
+    return xla_options.jit(lambda p, images: bench.model.apply({"params": p, **extra}, images, method="encode_image"))
 
 
 def param_count(params) -> int:

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from fungizsl import cpu_devices, placement
+from fungizsl import cpu_devices, placement, xla_options
 from fungizsl.bench import clip_step, measure
 from fungizsl.errors import ConfigError
 from fungizsl.fungalzsl import trainer as fungalzsl_trainer
@@ -235,7 +235,7 @@ def measure_step(step: Step, devices: int) -> dict:
     compiled = step.fn.lower(*step.args).compile()
     compile_s = time.perf_counter() - start
     memory = measure.memory(compiled)
-    model = measure.matmul_flops(jax.make_jaxpr(step.fn)(*step.args).jaxpr)
+    model = measure.matmul_flops(jax.make_jaxpr(xla_options.unwrapped(step.fn))(*step.args).jaxpr)
     return {"step": step.name, "devices": devices, "batch": step.batch, "batch_per_device": step.per_device,
             "argument_bytes": memory["argument_size"], "output_bytes": memory["output_size"],
             "alias_bytes": memory["alias_size"], "temp_bytes": memory["temp_size"],

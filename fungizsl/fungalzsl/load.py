@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from fungizsl import runs, tokenizers, weights
+from fungizsl import runs, tokenizers, weights, xla_options
 from fungizsl.errors import ConfigError
 from fungizsl.fungalzsl import model as model_lib
 from fungizsl.models import two_towers
@@ -57,8 +57,8 @@ class LoadedModel:
 
 def _wrap(module, variables, tokenizer, name, source, kind, batch_size) -> LoadedModel:
     """`variables`: {"params": ...} plus, for a ResNet tower, its BatchNorm "batch_stats"."""
-    encode_image = jax.jit(lambda v, x: two_towers.l2_normalize(module.apply(v, x, method="encode_image")))
-    encode_text = jax.jit(lambda v, ids: two_towers.l2_normalize(module.apply(v, ids, method="encode_text")))
+    encode_image = xla_options.jit(lambda v, x: two_towers.l2_normalize(module.apply(v, x, method="encode_image")))
+    encode_text = xla_options.jit(lambda v, ids: two_towers.l2_normalize(module.apply(v, ids, method="encode_text")))
     params = jax.device_put(variables)
 
     def padded(fn, batch):  # one compiled shape: pad every batch to batch_size

@@ -25,7 +25,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from fungizsl import losses, placement, weights
+from fungizsl import losses, placement, weights, xla_options
 from fungizsl import workdir as workdir_lib
 from fungizsl.data import robustness
 from fungizsl.evaluate.registry import run_evaluators
@@ -129,8 +129,8 @@ class Evaluation:
 
     def __init__(self, config, data, model, tokenizer, mesh):
         self.config, self.data, self.tokenizer, self.mesh = config, data, tokenizer, mesh
-        self.encode = jax.jit(make_encoder(model))
-        self.encode_text = jax.jit(lambda variables, ids: two_towers.l2_normalize(
+        self.encode = xla_options.jit(make_encoder(model))
+        self.encode_text = xla_options.jit(lambda variables, ids: two_towers.l2_normalize(
             model.apply(variables, ids, method="encode_text")))
         size = max(mesh.size, config.get("eval_batch_size", config.batch_size))
         self.batch_size = -(-size // mesh.size) * mesh.size

@@ -28,7 +28,7 @@ import optax
 from etils import epath
 from jax.experimental import multihost_utils
 
-from fungizsl import placement
+from fungizsl import placement, xla_options
 from fungizsl import workdir as workdir_lib
 from fungizsl.evaluate import plots, zeroshot
 from fungizsl.fungalzsl import inputs
@@ -94,7 +94,7 @@ class Evaluation:
 
     def __init__(self, config, data, model, tokenizer, mesh):
         self.data, self.tokenizer, self.mesh = data, tokenizer, mesh
-        self.logits = jax.jit(lambda variables, images: model.apply(variables, images))
+        self.logits = xla_options.jit(lambda variables, images: model.apply(variables, images))
         size = max(mesh.size, config.get("eval_batch_size", config.batch_size))
         self.batch_size = -(-size // mesh.size) * mesh.size
 

@@ -81,7 +81,7 @@ import optax
 from etils import epath
 from jax.experimental import multihost_utils
 
-from fungizsl import metrics_io, placement, runs
+from fungizsl import metrics_io, placement, runs, xla_options
 from fungizsl import workdir as workdir_lib
 from fungizsl.errors import ConfigError, NonFiniteLossError, Preempted
 from fungizsl.train import checkpoint, optim, preemption, timing
@@ -199,16 +199,16 @@ def build(config, task: Task, mesh) -> Trainable:
         metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]))
         return new_state, metrics
 
-    place = jax.jit(state_from, in_shardings=(var_sharding,), out_shardings=state_sharding)
+    place = xla_options.jit(state_from, in_shardings=(var_sharding,), out_shardings=state_sharding)
 
     def place_variables(variables):  # host arrays (the full tree on every process) -> state
         return place(placement.from_host(variables, var_sharding))
 
     return Trainable(
         abstract_state=abstract_state, state_sharding=state_sharding,
-        init_state=jax.jit(init_state, out_shardings=state_sharding),
+        init_state=xla_options.jit(init_state, out_shardings=state_sharding),
         place_variables=place_variables,
-        train_step=jax.jit(train_step, in_shardings=(state_sharding, placement.batch_sharding(mesh)),
+        train_step=xla_options.jit(train_step, in_shardings=(state_sharding, placement.batch_sharding(mesh)),
                            out_shardings=(state_sharding, placement.replicated(mesh)), donate_argnums=0),
         schedule=schedule)
 
