@@ -132,3 +132,19 @@ def test_reshape_max_pool_equals_flax_max_pool_and_its_gradient():
     grad_ref = jax.grad(lambda v: (nn.max_pool(v, (2, 2), strides=(2, 2)) * weights).sum())(x)
     assert jnp.array_equal(grad, grad_ref)
     assert int((grad != 0).sum()) == want.size  # one winner per window
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window_like_pytorch():
+    # one image, one channel, 2x6: three 2x2 windows with ties, read row-major
+    x = jnp.array([[1., 3., 5., 5., 0., 0.],
+                   [3., 3., 5., 5., 2., 2.]]).reshape(1, 2, 6, 1)
+    assert convnet.max_pool_2x2(x).reshape(-1).tolist() == [3., 5., 2.]
+    grad = jax.grad(lambda v: (convnet.max_pool_2x2(v) * jnp.array([10., 20., 30.]).reshape(1, 1, 3, 1)).sum())(x)
+    assert grad.reshape(2, 6).tolist() == [[0., 10., 20., 0., 0., 0.],
+                                           [0., 0., 0., 0., 30., 0.]]
+    # under jit and on a batch of several images and channels it is the same rule
+    xb = jnp.stack([x[0, ..., 0], x[0, ..., 0][:, ::-1]], axis=-1)[None].repeat(2, axis=0)  # [2, 2, 6, 2]
+    gb = jax.jit(jax.grad(lambda v: convnet.max_pool_2x2(v).sum()))(xb)
+    assert gb[1, :, :, 0].tolist() == [[0., 1., 1., 0., 0., 0.], [0., 0., 0., 0., 1., 0.]]
+    # mirrored channel: windows [[0,0],[2,2]], [[5,5],[5,5]], [[3,1],[3,3]]
+    assert gb[0, :, :, 1].tolist() == [[0., 0., 1., 0., 1., 0.], [1., 0., 0., 0., 0., 0.]]

@@ -73,15 +73,53 @@ def convnet_config(variant: str, **overrides) -> ConvNetConfig:
     return ConvNetConfig(**{**VARIANTS[variant], **overrides})
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling with stride 2 of NHWC activations, as a reshape and a max: the same values
-    as `nn.max_pool(x, (2, 2), strides=(2, 2))`, whose gradient XLA:CPU runs as a slow
-    select-and-scatter. The reshape's gradient is a mask multiply: the cnn_tiny train step went
-    from 187 to 167 ms (1.12x, batch 32, fp32, 2 quiet cores). On a tie the gradient is split
-    among the maxima where PyTorch's max_pool2d picks one; after a ReLU the tied maxima are zeros,
-    whose ReLU gradient is zero either way."""
+def _windows(x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return x.reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+def _first_max_mask(windows: jax.Array, pooled: jax.Array) -> jax.Array:
+    """True at the first maximum of each 2x2 window (row-major: top left, top right, bottom left,
+    bottom right), False elsewhere."""
+    hit = windows == pooled[:, :, None, :, None, :]
+    tl, tr, bl, br = hit[:, :, 0, :, 0], hit[:, :, 0, :, 1], hit[:, :, 1, :, 0], hit[:, :, 1, :, 1]
+    tr = tr & ~tl
+    bl = bl & ~(tl | tr)
+    br = br & ~(tl | tr | bl)
+    top = jnp.stack([tl, tr], axis=3)  # [b, h/2, w/2, 2 (column), c]
+    bottom = jnp.stack([bl, br], axis=3)
+    return jnp.stack([top, bottom], axis=2)  # [b, h/2, 2 (row), w/2, 2 (column), c]
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 of NHWC activations: the values of
+    `nn.max_pool(x, (2, 2), strides=(2, 2))`, and the gradient of PyTorch's `max_pool2d`: all of a
+    window's gradient goes to its first maximum (row-major).
+
+    Written as a reshape and a max with its own gradient because XLA:CPU is slow at both others:
+    `nn.max_pool`'s gradient is a select-and-scatter, and the automatic gradient of the reshape's
+    max splits ties among the maxima through a count (a compare, a convert, a reduction and a
+    division over the whole activation). Here the backward pass is one element-wise select.
+    Measured on the cnn_tiny train step (batch 32, fp32, 2 quiet cores, convolutions on Eigen as
+    `fungizsl.xla_options` sets): select-and-scatter 187 ms before that; reshape + max with the
+    automatic gradient 122 ms, with this gradient 115 ms (docs/benchmarks.md)."""
+    return _windows(x).max(axis=(2, 4))
+
+
+def _max_pool_fwd(x):
+    pooled = _windows(x).max(axis=(2, 4))
+    return pooled, (x, pooled)
+
+
+def _max_pool_bwd(residuals, grad):
+    x, pooled = residuals
+    mask = _first_max_mask(_windows(x), pooled)
+    dx = jnp.where(mask, grad[:, :, None, :, None, :], jnp.zeros((), grad.dtype))
+    return (dx.reshape(x.shape),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class ConvNet(nn.Module):
