@@ -148,3 +148,30 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window_like_pytorch
     assert gb[1, :, :, 0].tolist() == [[0., 1., 1., 0., 0., 0.], [0., 0., 0., 0., 1., 0.]]
     # mirrored channel: windows [[0,0],[2,2]], [[5,5],[5,5]], [[3,1],[3,3]]
     assert gb[0, :, :, 1].tolist() == [[0., 0., 1., 0., 1., 0.], [1., 0., 0., 0., 0., 0.]]
+
+
+def test_batch_norm_with_its_own_gradient_matches_flax_values_gradients_and_running_statistics():
+    from fungizsl.models import batch_norm
+    x = jax.random.normal(jax.random.key(3), (4, 5, 6, 7)) * 3 + 1
+    dy = jax.random.normal(jax.random.key(4), x.shape)
+    ours = batch_norm.BatchNorm(use_running_average=False)
+    theirs = nn.BatchNorm(use_running_average=False, momentum=0.9)
+    variables = theirs.init(jax.random.key(0), x)
+    assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(variables)
+    variables = {"params": {"scale": jnp.linspace(0.5, 2, 7), "bias": jnp.linspace(-1, 1, 7)},
+                 "batch_stats": {"mean": jnp.full(7, 0.5), "var": jnp.full(7, 2.0)}}
+
+    def run(module, params, xx):
+        y, updated = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, xx, mutable=["batch_stats"])
+        return jnp.sum(y * dy), (y, updated["batch_stats"])
+
+    (_, (y, stats)), grads = jax.value_and_grad(run, argnums=(1, 2), has_aux=True)(ours, variables["params"], x)
+    (_, (y_ref, stats_ref)), grads_ref = jax.value_and_grad(run, argnums=(1, 2), has_aux=True)(theirs, variables["params"], x)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # running statistics: 0.9 * old + 0.1 * the batch's (biased) statistics, by hand
+    xs = np.asarray(x, np.float64).reshape(-1, 7)
+    np.testing.assert_allclose(stats["mean"], 0.9 * 0.5 + 0.1 * xs.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats["var"], 0.9 * 2.0 + 0.1 * xs.var(0), rtol=1e-5)
+    np.testing.assert_allclose(stats["var"], stats_ref["var"], rtol=1e-5)

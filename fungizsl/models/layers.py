@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fungizsl.models import batch_norm as batch_norm_lib
+
 Dtype = Any
 
 
@@ -37,6 +39,12 @@ def batch_norm(cfg, train: bool, name: str, zero_scale: bool = False) -> Callabl
     cast back to `cfg.dtype`. `cfg` carries `frozen_batch_norm`, `batch_norm_momentum`,
     `batch_norm_eps`, `batch_norm_axis_name` and `dtype`; parameters `scale`, `bias`, statistics
     `mean`, `var` in `batch_stats`. Call inside the owning module's compact method."""
+    if cfg.batch_norm_axis_name is None:
+        norm = batch_norm_lib.BatchNorm(use_running_average=not train or cfg.frozen_batch_norm,
+                                        momentum=cfg.batch_norm_momentum, epsilon=cfg.batch_norm_eps,
+                                        scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+                                        name=name)
+        return lambda x: norm(x.astype(jnp.float32)).astype(cfg.dtype)
     norm = nn.BatchNorm(use_running_average=not train or cfg.frozen_batch_norm,
                         momentum=cfg.batch_norm_momentum, epsilon=cfg.batch_norm_eps,
                         axis_name=cfg.batch_norm_axis_name, dtype=jnp.float32,
