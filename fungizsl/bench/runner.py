@@ -61,7 +61,9 @@ def _reference_module(bench):
     return None
 
 
-def _torch_contenders(bench, batch_np, modes, dtype, threads):
+def _torch_contenders(bench, batch_np, modes, dtype, threads, with_loss: bool = True):
+    """{mode: (one timed step, first call's seconds)}, {mode: error}, the initial loss (None
+    without `with_loss`), the torch batch."""
     from fungizsl.bench import torch_clip  # PyTorch: only for --reference=torch
 
     config = bench.config
@@ -76,7 +78,7 @@ def _torch_contenders(bench, batch_np, modes, dtype, threads):
                                            class_aware=config.loss.class_aware,
                                            combine=config.loss.get("combine", "mean"), dtype=dtype, mode=mode,
                                            decayed=decayed)
-        if loss0 is None:
+        if with_loss and loss0 is None:
             loss0 = stepper.loss(tbatch)
         try:
             start = time.perf_counter()
@@ -110,8 +112,10 @@ def run_dtype(config, batch: int, dtype: str, rounds: int, reference: str, torch
     later_modes = []
 
     def add_torch(modes, into):
-        torch_steps, errors, loss0, _ = _torch_contenders(bench, batch_np, modes, dtype, threads)
-        record.setdefault("initial_loss_torch", loss0)
+        first = "initial_loss_torch" not in record
+        torch_steps, errors, loss0, _ = _torch_contenders(bench, batch_np, modes, dtype, threads, with_loss=first)
+        if first:
+            record["initial_loss_torch"] = loss0
         record.setdefault("torch_errors", {}).update(errors)
         record.setdefault("torch_first_call_s", {}).update({m: s for m, (_, s) in torch_steps.items()})
         into.update({f"torch_{m}": fn for m, (fn, _) in torch_steps.items()})
@@ -122,9 +126,9 @@ def run_dtype(config, batch: int, dtype: str, rounds: int, reference: str, torch
         # Each PyTorch mode gets its own interleaved series against JAX, and is built only when
         # its series starts: with a torch.compile'd model in the process, eager steps ran 11 %
         # slower (cnn_tiny: 125 vs 111 ms), which made JAX look faster than it is.
-        first, *later_modes = list(torch_modes(record["params"])) or [None]
-        if first is not None:
-            add_torch([first], contenders)
+        modes = list(torch_modes(record["params"]))
+        add_torch(modes[:1], contenders)
+        later_modes = modes[1:]
     timing = measure.timed_rounds(contenders, rounds)
     record["timing"] = timing
     series = {name: timing for name in contenders}

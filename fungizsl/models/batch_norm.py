@@ -12,6 +12,7 @@ With `axis_name` (per-device code under shard_map or pmap) it is Flax's `nn.Batc
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -25,13 +26,6 @@ def _statistics(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Arr
     return mean, var
 
 
-@jax.custom_vjp
-def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
-    """(y, batch mean, batch variance) of x [..., C] over every axis but the last."""
-    mean, var = _statistics(x, tuple(range(x.ndim - 1)))
-    return (x - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias, mean, var
-
-
 def _normalize_fwd(x, scale, bias, epsilon):
     mean, var = _statistics(x, tuple(range(x.ndim - 1)))
     rstd = jax.lax.rsqrt(var + epsilon)
@@ -39,7 +33,14 @@ def _normalize_fwd(x, scale, bias, epsilon):
     return (y, mean, var), (x, scale, mean, rstd)
 
 
-def _normalize_bwd(residuals, cotangents):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
+    """(y, batch mean, batch variance) of x [..., C] over every axis but the last."""
+    return _normalize_fwd(x, scale, bias, epsilon)[0]
+
+
+def _normalize_bwd(epsilon, residuals, cotangents):
+    del epsilon  # already in rstd
     x, scale, mean, rstd = residuals
     dy = cotangents[0]  # the statistics only feed the running averages: no gradient through them
     axes = tuple(range(x.ndim - 1))
@@ -48,7 +49,7 @@ def _normalize_bwd(residuals, cotangents):
     dscale = jnp.sum(dy * xhat, axes)
     n = x.size // x.shape[-1]
     dx = (scale * rstd) * (dy - dbias / n - xhat * (dscale / n))
-    return dx, dscale, dbias, None
+    return dx, dscale, dbias
 
 
 normalize.defvjp(_normalize_fwd, _normalize_bwd)
