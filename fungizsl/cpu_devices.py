@@ -36,3 +36,12 @@ def simulated_env(environ: dict, count: int) -> dict:
     """A copy of `environ` for a child process on `count` simulated CPU devices, with no other
     XLA flag inherited."""
     return dict(environ, XLA_FLAGS=with_host_device_count("", count), JAX_PLATFORMS="cpu")
+
+
+def simulated_count(xla_flags: str) -> int:
+    """How many CPU devices `xla_flags` simulates (1 when the flag is absent)."""
+    for flag in xla_flags.split():
+        name, _, value = flag.partition("=")
+        if name == DEVICE_COUNT_FLAG and value.isdigit():
+            return int(value)
+    return 1

@@ -26,7 +26,7 @@ from absl import app, flags
 from absl import logging as logging_absl
 from ml_collections import config_flags
 
-from fungizsl import devices, metrics_io, runs
+from fungizsl import allocator, devices, metrics_io, runs
 from fungizsl import workdir as workdir_lib
 from fungizsl.errors import ConfigError, NonFiniteLossError, Preempted
 from fungizsl.train import optim, preemption
@@ -176,4 +176,5 @@ def run(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    allocator.reexec_under_tcmalloc()
     run()

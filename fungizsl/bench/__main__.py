@@ -25,6 +25,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from fungizsl import allocator
 from fungizsl.bench import measure, runner, scaling
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config, e.g. configs/fungalzsl.py:arch=tiny")
@@ -72,7 +73,7 @@ def main(argv) -> None:
         "date": datetime.date.today().isoformat(), "device": device,
         "config": f"{config.model.arch}", "batch": FLAGS.batch or int(config.batch_size),
         "image_size": int(config.data.image_size), "jax_version": jax.__version__,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "allocator": allocator.current(),
     }
     result.update(runner.run_all(config, batch=result["batch"], dtypes=dtypes, rounds=FLAGS.steps,
                                  reference=FLAGS.reference, torch_modes=FLAGS.torch_modes,
@@ -92,4 +93,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    allocator.reexec_under_tcmalloc()
     app.run(main)

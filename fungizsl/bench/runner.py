@@ -309,7 +309,8 @@ def format_report(r: dict) -> str:
     lines = [(f"fungizsl.bench {r['date']}: CLIP {r['config']} at {r['image_size']} px, batch {r['batch']}, "
               f"{d['platform']} {d['device_kind']} x{d['device_count']}{cores}"),
              (f"threads: XLA intra-op {th['xla_intra_op'] or '-'} (NPROC={th['NPROC']}){torch_threads}; "
-              f"{th['process_threads']} threads in the process"),
+              f"{th['process_threads']} threads in the process; malloc: {r.get('allocator', '?')} "
+              "(both sides share it)"),
              f"load average (1/5/15 min) at start {load['start']}, at end {load['end']}",
              "",
              ("times over clean rounds (all rounds where none was clean); speedup = torch time / JAX time, "
