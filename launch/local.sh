@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, on one machine (2 CPU cores are enough, about 7 minutes with the install on a quiet machine):
+# The main job, on one machine (2 CPU cores are enough, about 6 minutes with the install on a quiet machine):
 # renders the synthetic growth-stage dataset into TFDS array_record shards, trains a small CLIP
 # from scratch (a plain CPU-sized conv image tower at 96 px, class-aware L_image + L_text on
 # per-image scene captions; configs/fungalzsl.py says why), evaluates zero-shot accuracy and
