@@ -34,8 +34,16 @@ def with_host_device_count(xla_flags: str, count: int) -> str:
 
 def simulated_env(environ: dict, count: int) -> dict:
     """A copy of `environ` for a child process on `count` simulated CPU devices, with no other
-    XLA flag inherited."""
-    return dict(environ, XLA_FLAGS=with_host_device_count("", count), JAX_PLATFORMS="cpu")
+    XLA flag inherited. Several simulated devices also drop an inherited tcmalloc preload:
+    `fungizsl/allocator.py` says why they keep glibc."""
+    env = dict(environ, XLA_FLAGS=with_host_device_count("", count), JAX_PLATFORMS="cpu")
+    if count > 1 and "LD_PRELOAD" in env:
+        kept = [lib for lib in env["LD_PRELOAD"].split(":") if lib and "libtcmalloc" not in lib]
+        if kept:
+            env["LD_PRELOAD"] = ":".join(kept)
+        else:
+            del env["LD_PRELOAD"]
+    return env
 
 
 def simulated_count(xla_flags: str) -> int:

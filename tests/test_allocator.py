@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from fungizsl import allocator
+from fungizsl import allocator, cpu_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,3 +100,10 @@ def test_without_tcmalloc_one_line_and_glibc_huge_pages(monkeypatch, capsys):
 
     monkeypatch.setattr(allocator, "_huge_pages_possible", lambda: False)
     assert allocator.reexec_env({}) is None  # nothing to gain from a re-exec
+
+
+def test_children_on_simulated_devices_drop_an_inherited_tcmalloc():
+    parent = {"LD_PRELOAD": "/lib/libtcmalloc_minimal.so.4:/opt/other.so", "PATH": "/bin"}
+    assert cpu_devices.simulated_env(parent, 8)["LD_PRELOAD"] == "/opt/other.so"
+    assert "LD_PRELOAD" not in cpu_devices.simulated_env({"LD_PRELOAD": "/lib/libtcmalloc.so.4"}, 2)
+    assert cpu_devices.simulated_env(parent, 1)["LD_PRELOAD"] == parent["LD_PRELOAD"]  # one device keeps it
