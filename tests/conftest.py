@@ -4,7 +4,10 @@ XLA reads the device count once, when JAX first initialises its backend, so the 
 before any test module imports jax. They are forced, not defaulted: a cluster environment often
 sets XLA_FLAGS or JAX_PLATFORMS, and the multi-device tests need exactly eight CPU devices. The
 user's other XLA flags are kept. CPU collectives may wait long for the other simulated devices
-(fungizsl.cpu_devices says why).
+(fungizsl.cpu_devices says why). The entry points the tests start keep glibc's malloc instead of
+re-executing under tcmalloc (fungizsl/allocator.py): each re-exec repeats 2-4 s of imports, about a
+minute over the suite's spawned runs, which CI's time limit cannot spare; tests/test_allocator.py
+runs the re-exec itself.
 """
 
 import os
@@ -13,6 +16,7 @@ from fungizsl.cpu_devices import with_host_device_count
 
 os.environ["XLA_FLAGS"] = with_host_device_count(os.environ.get("XLA_FLAGS", ""), 8)
 os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["FUNGIZSL_ALLOCATOR"] = "system"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
