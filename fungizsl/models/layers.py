@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from fungizsl.models import batch_norm as batch_norm_lib
+from fungizsl.models import matmul
 
 Dtype = Any
 
@@ -79,6 +80,11 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+
+def dense(features: int, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Module:
+    """`nn.Dense`'s layer whose bf16 matmuls accumulate in fp32 on CPU (`fungizsl.models.matmul`)."""
+    return matmul.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def layer_norm(epsilon: float, name: str, param_dtype: Dtype = jnp.float32) -> nn.Module:
@@ -140,13 +146,12 @@ class SelfAttention(nn.Module):
                        for n in ("query", "key", "value")]
         kernel = jnp.concatenate([k for k, _ in projections], axis=1).astype(self.dtype)
         bias = jnp.concatenate([b for _, b in projections]).astype(self.dtype)
-        qkv = jnp.dot(x.astype(self.dtype), kernel) + bias
+        qkv = matmul.dense(x.astype(self.dtype), kernel, bias)
         if _use_fused_attention_kernel(self.dtype):
             heads_last = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head_dim))
             q, k, v = (heads_last(t) for t in jnp.split(qkv, 3, axis=-1))
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # cuDNN flash attention where it applies
-            return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(
-                out.reshape(x.shape[:-1] + (width,)))
+            return dense(width, self.dtype, self.param_dtype, "out")(out.reshape(x.shape[:-1] + (width,)))
         split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head_dim)).swapaxes(-2, -3)
         q, k, v = (split(t) for t in jnp.split(qkv, 3, axis=-1))
         q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
@@ -159,7 +164,7 @@ class SelfAttention(nn.Module):
         out = jnp.einsum("bhqk,bhkd->bhqd", unnormalised.astype(self.dtype), v,
                          preferred_element_type=jnp.float32)
         out = (out / total).astype(self.dtype).swapaxes(-2, -3).reshape(x.shape[:-1] + (width,))
-        return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        return dense(width, self.dtype, self.param_dtype, "out")(out)
 
 
 class Mlp(nn.Module):
@@ -173,9 +178,9 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        h = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
+        h = dense(self.hidden_dim, self.dtype, self.param_dtype, "fc1")(x)
         h = activation(self.act)(h)
-        return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(h)
+        return dense(width, self.dtype, self.param_dtype, "fc2")(h)
 
 
 class SwiGluMlp(nn.Module):
@@ -188,9 +193,8 @@ class SwiGluMlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        dense = lambda n, f: nn.Dense(f, dtype=self.dtype, param_dtype=self.param_dtype, name=n)
-        gate, up = jnp.split(dense("weights_in", 2 * self.hidden_dim)(x), 2, axis=-1)
-        return dense("weights_out", x.shape[-1])(jax.nn.silu(gate) * up)
+        gate, up = jnp.split(dense(2 * self.hidden_dim, self.dtype, self.param_dtype, "weights_in")(x), 2, axis=-1)
+        return dense(x.shape[-1], self.dtype, self.param_dtype, "weights_out")(jax.nn.silu(gate) * up)
 
 
 class LayerScale(nn.Module):
