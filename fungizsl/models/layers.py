@@ -11,7 +11,8 @@ One `EncoderBlock` covers the three upstream block layouts:
 Sub-module names are our own canonical ones (`attn/{query,key,value,out}`, `norm1`, `norm2`,
 `mlp/...`, `layer_scale1`); `fungizsl.weights` maps them to each checkpoint's names with a short
 table per model. Parameters are kept in `param_dtype` (fp32) while matmuls run in `dtype`
-(bf16 on accelerators); softmax and layer norms are computed in fp32.
+(bf16 on accelerators); softmax and layer norms are computed in fp32. The dense layers are
+`matmul.Dense` (`nn.Dense`'s parameters), whose bf16 matmuls accumulate in fp32 on CPU.
 """
 
 from typing import Any, Callable
