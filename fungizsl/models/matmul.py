@@ -15,9 +15,9 @@ reduces; the sum of a bf16 cotangent, as `nn.Dense` adds the bias, became a tree
 
 The ViT-B/32 train step in bf16 (batch 32, 2 cores) went from 7.16 s to 3.26 s with the fp32
 matmuls and to 2.58 s with the bias inside; the attention's small batched matmuls ([50, 64] per
-head) gained 2 % (2.58 -> 2.53 s, within noise) from the same treatment and keep `jnp.einsum`. Parameters, names and the fp32
-path are unchanged; GPUs and TPUs, whose bf16 matmuls accumulate in fp32 already, keep plain
-`lax.dot_general`.
+head) gained 2 % (2.58 -> 2.53 s, within noise) from the same treatment and keep `jnp.einsum`.
+Parameters, names and the fp32 path are unchanged; GPUs and TPUs, whose bf16 matmuls accumulate in
+fp32 already, keep plain `lax.dot_general`.
 """
 
 from __future__ import annotations
