@@ -1,16 +1,17 @@
 """The matmul kernels under the train step: XLA:CPU's against PyTorch's, on ViT-B/32's shapes.
 
-    python benchmarks/matmul_kernels.py [--threads 2] [--calls 8] [--out matmul.json]
+    python benchmarks/matmul_kernels.py [--threads 2] [--rounds 5] [--calls 6] [--out matmul.json]
 
 For each shape (M x K x N: batch*tokens x in x out of the B/32 towers at batch 32, and a square
-2048^3) it times the forward matmul and the backward forms (dW = x^T g, with x 2-D and [32, M/32, K],
-and dX = g W^T), jitted with
-the project's CPU compiler options (`fungizsl.xla_options.jit`) and in torch eager on the same
-arrays and thread count, interleaved call by call, and prints GFLOP/s and torch time / JAX time
-(below 1: XLA's kernel is slower). Rows: fp32; bf16 with an fp32 result (what `models/matmul.py`
-computes); bf16 with a bf16 result (what a bf16 `nn.Dense` computes). On a CPU without AMX or
-AVX512-BF16 the bf16 rows say little. PyTorch's bf16 matmul returns bf16 (accumulating in fp32
-inside oneDNN) in both bf16 rows. Run on a quiet machine; the numbers are medians.
+2048^3) it times the forward matmul and the backward forms (dW = x^T g with x 2-D and with x as
+[32, M/32, K], dX = g W^T), jitted with the project's CPU compiler options
+(`fungizsl.xla_options.jit`) and in torch eager on the same arrays and thread count. The two
+sides alternate in rounds watched for other processes as `python -m fungizsl.bench` watches them
+(`fungizsl.bench.measure.timed_rounds`): the ratio (torch time / JAX time, below 1: XLA's kernel
+is slower) is taken over clean rounds only, and a pair with none prints "contended" instead.
+Rows: fp32; bf16 with an fp32 result (what `models/matmul.py` computes); bf16 with a bf16 result
+(what a bf16 `nn.Dense` computes). PyTorch's bf16 matmul returns bf16 (accumulating in fp32
+inside oneDNN) in both bf16 rows. On a CPU without AMX or AVX512-BF16 the bf16 rows say little.
 """
 
 import argparse
@@ -26,9 +27,10 @@ import numpy as np
 import torch
 
 from fungizsl import xla_options
+from fungizsl.bench import measure
 
 SHAPES = ((1600, 768, 2304), (1600, 768, 3072), (1600, 3072, 768), (2464, 512, 2048), (2048, 2048, 2048))
-FORMS = {  # name: (JAX function of (a [M,K], b [K,N], g [M,N]), torch function, operands used)
+FORMS = {  # name: (JAX function of (a [M,K], b [K,N], g [M,N], result dtype), torch function)
     "fwd": (lambda a, b, g, t: jnp.dot(a, b, preferred_element_type=t), lambda a, b, g: a @ b),
     # The backward forms as autodiff and models/matmul.py write them: dimension numbers, not a
     # transpose op (XLA:CPU upcast `jnp.dot(g, b.T)` in bf16 to fp32 operands: 268 vs 1,226 GFLOP/s).
@@ -48,20 +50,30 @@ KINDS = {  # name: (operand dtype, JAX result dtype)
 }
 
 
-def median_seconds(fn, calls: int) -> float:
-    fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def pair(jax_fn, jax_ops, torch_fn, torch_ops, rounds: int, calls: int) -> dict:
+    """One form timed in watched rounds, each side making `calls` back-to-back calls per round (a
+    lone call of a few ms after the rounds' settling pause measures waking thread pools and AMX
+    units, not the kernel): seconds per call, median over clean rounds (all rounds if none is
+    clean), and the clean-round torch/JAX ratio (None, with `note`, if none is clean)."""
+    def jax_calls():
+        for _ in range(calls):
+            jax_fn(*jax_ops).block_until_ready()
+
+    def torch_calls():
+        for _ in range(calls):
+            torch_fn(*torch_ops)
+
+    timing = measure.timed_rounds({"jax": jax_calls, "torch": torch_calls}, rounds)
+    ratio = measure.clean_ratio(timing, "torch", "jax")
+    times = {name: (c["clean"] or c)["median_s"] / calls for name, c in timing["contenders"].items()}
+    return dict(jax_s=times["jax"], torch_s=times["torch"], ratio=ratio["median"], note=ratio["note"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--calls", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=6, help="back-to-back calls per side and round")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     os.environ.setdefault("NPROC", str(args.threads))  # XLA:CPU's pool, read when the backend starts
@@ -80,16 +92,16 @@ def main() -> None:
             line = []
             for form, (jax_fn, torch_fn) in FORMS.items():
                 jitted = xla_options.jit(lambda a, b, g, f=jax_fn, t=result: f(a, b, g, t))
-                jax_s = median_seconds(lambda: jitted(*jax_ops).block_until_ready(), args.calls)
-                torch_s = median_seconds(lambda f=torch_fn: f(*torch_ops), args.calls)
+                timed = pair(jitted, jax_ops, torch_fn, torch_ops, args.rounds, args.calls)
                 gflop = 2 * m * k * n / 1e9
-                rows.append(dict(shape=[m, k, n], kind=kind, form=form, jax_gflops=gflop / jax_s,
-                                 torch_gflops=gflop / torch_s, ratio=torch_s / jax_s))
-                line.append(f"{form} {gflop / jax_s:6.0f} vs {gflop / torch_s:6.0f} ({torch_s / jax_s:.2f}x)")
+                rows.append(dict(shape=[m, k, n], kind=kind, form=form, jax_gflops=gflop / timed["jax_s"],
+                                 torch_gflops=gflop / timed["torch_s"], ratio=timed["ratio"], note=timed["note"]))
+                ratio = "contended" if timed["ratio"] is None else f"{timed['ratio']:.2f}x"
+                line.append(f"{form} {gflop / timed['jax_s']:6.0f} vs {gflop / timed['torch_s']:6.0f} ({ratio})")
             print(f"{m}x{k}x{n} {kind:10s} " + " | ".join(line), flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(threads=args.threads, jax=jax.__version__, torch=torch.__version__, rows=rows), f, indent=1)
+            json.dump(dict(threads=args.threads, rounds=args.rounds, calls=args.calls, jax=jax.__version__, torch=torch.__version__, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -83,11 +83,6 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
 
 
-def dense(features: int, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Module:
-    """`nn.Dense`'s layer whose bf16 matmuls accumulate in fp32 on CPU (`fungizsl.models.matmul`)."""
-    return matmul.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name)
-
-
 def layer_norm(epsilon: float, name: str, param_dtype: Dtype = jnp.float32) -> nn.Module:
     # A plain nn.LayerNorm keeps the parameter path short (`norm1/scale`); computing in fp32
     # matches PyTorch, which upcasts inside its fused kernel.
@@ -145,14 +140,15 @@ class SelfAttention(nn.Module):
         head_dim = width // self.num_heads
         projections = [_ProjectionWeights(width, self.param_dtype, name=n)(width)
                        for n in ("query", "key", "value")]
-        kernel = jnp.concatenate([k for k, _ in projections], axis=1).astype(self.dtype)
-        bias = jnp.concatenate([b for _, b in projections]).astype(self.dtype)
+        kernel = jnp.concatenate([k for k, _ in projections], axis=1)
+        bias = jnp.concatenate([b for _, b in projections])  # matmul.dense casts (bf16 on CPU: adds in fp32)
         qkv = matmul.dense(x.astype(self.dtype), kernel, bias)
         if _use_fused_attention_kernel(self.dtype):
             heads_last = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head_dim))
             q, k, v = (heads_last(t) for t in jnp.split(qkv, 3, axis=-1))
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # cuDNN flash attention where it applies
-            return dense(width, self.dtype, self.param_dtype, "out")(out.reshape(x.shape[:-1] + (width,)))
+            out = out.reshape(x.shape[:-1] + (width,))
+            return matmul.Dense(width, self.dtype, self.param_dtype, name="out")(out)
         split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head_dim)).swapaxes(-2, -3)
         q, k, v = (split(t) for t in jnp.split(qkv, 3, axis=-1))
         q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
@@ -165,7 +161,7 @@ class SelfAttention(nn.Module):
         out = jnp.einsum("bhqk,bhkd->bhqd", unnormalised.astype(self.dtype), v,
                          preferred_element_type=jnp.float32)
         out = (out / total).astype(self.dtype).swapaxes(-2, -3).reshape(x.shape[:-1] + (width,))
-        return dense(width, self.dtype, self.param_dtype, "out")(out)
+        return matmul.Dense(width, self.dtype, self.param_dtype, name="out")(out)
 
 
 class Mlp(nn.Module):
@@ -179,9 +175,9 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        h = dense(self.hidden_dim, self.dtype, self.param_dtype, "fc1")(x)
+        h = matmul.Dense(self.hidden_dim, self.dtype, self.param_dtype, name="fc1")(x)
         h = activation(self.act)(h)
-        return dense(width, self.dtype, self.param_dtype, "fc2")(h)
+        return matmul.Dense(width, self.dtype, self.param_dtype, name="fc2")(h)
 
 
 class SwiGluMlp(nn.Module):
@@ -194,8 +190,9 @@ class SwiGluMlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate, up = jnp.split(dense(2 * self.hidden_dim, self.dtype, self.param_dtype, "weights_in")(x), 2, axis=-1)
-        return dense(x.shape[-1], self.dtype, self.param_dtype, "weights_out")(jax.nn.silu(gate) * up)
+        dense = lambda features, name: matmul.Dense(features, self.dtype, self.param_dtype, name=name)
+        gate, up = jnp.split(dense(2 * self.hidden_dim, "weights_in")(x), 2, axis=-1)
+        return dense(x.shape[-1], "weights_out")(jax.nn.silu(gate) * up)
 
 
 class LayerScale(nn.Module):

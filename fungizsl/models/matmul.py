@@ -29,9 +29,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-_HALF = (jnp.dtype(jnp.bfloat16),)
-
-
 def _dense_dims(ndim: int):
     """Dense's contraction: the last axis of an ndim input with the first of a 2-D kernel."""
     return ((ndim - 1,), (0,)), ((), ())
@@ -62,7 +59,7 @@ _half_dense.defvjp(_half_dense_fwd, _half_dense_bwd)
 def accumulates_in_fp32(dtype, backend: str | None = None) -> bool:
     """Whether `dense` takes the fp32-accumulating path for operands of `dtype`."""
     backend = jax.default_backend() if backend is None else backend
-    return backend == "cpu" and jnp.dtype(dtype) in _HALF
+    return backend == "cpu" and jnp.dtype(dtype) == jnp.bfloat16
 
 
 def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
